@@ -1,0 +1,3 @@
+"""structkd: structural knowledge distillation for structured predictors."""
+
+__version__ = "0.1.0"

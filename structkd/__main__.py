@@ -1,0 +1,5 @@
+import sys
+
+from structkd.cli import main
+
+sys.exit(main())
