@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="exact inference and structural KD on real CoNLL-2003 sentences (no training)",
         description=(
-            "Builds a count-based CRF tagger from CoNLL-2003 train (a teacher needing no training), "
-            "decodes dev exactly, and distills it into a softmax tagger by the exact structural KD "
-            "objective, printing F1 and timings."
+            "Builds a count-based CRF tagger from CoNLL-2003 train (a teacher that needs no "
+            "training), decodes dev exactly, and distills it into a softmax tagger by the exact "
+            "structural KD objective, printing F1 and timings."
         ),
     )
     demo.add_argument("--sentences", type=int, default=2000, help="dev sentences to use")
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from structkd.demo import run_demo
 
         return run_demo(sentences=args.sentences, steps=args.steps, seed=args.seed)
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
+    parser.error(f"unknown command {args.command!r}")
     return 2
 
 

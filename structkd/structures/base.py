@@ -1,20 +1,20 @@
 """Shared machinery of every distribution over structures.
 
 A distribution over structures ``y`` of a sentence is an exponential family:
-``P(y) = exp(Score(y) - log Z)`` with ``Score(y) = sum_{u in y} s(u)`` (potentials divided by the
-temperature). Subclasses implement the log-partition and the score of a given structure; the base
-derives ``log_prob``, and marginals by differentiating ``log Z`` (inside-outside is backprop), and the
-entropy as ``log Z - sum_u P(u) s(u)``.
+``P(y) = exp(Score(y) - log Z)`` with ``Score(y) = sum_{u in y} s(u)`` (potentials divided by
+the temperature). Subclasses implement the log-partition and the score of a given structure; the
+base derives ``log_prob``, marginals by differentiating ``log Z`` (inside-outside is backprop),
+and the entropy as ``log Z - sum_u P(u) s(u)``.
 
 Conventions shared by every class:
 
-* ``lengths`` ``[batch]`` (int64) counts the tokens of each sentence (a root, where there is one, is not
-  counted). Every length is at least 1 and at most the padded size of the potentials.
+* ``lengths`` ``[batch]`` (int64) counts the tokens of each sentence (a root, where there is one,
+  is not counted). Every length is at least 1 and at most the padded size of the potentials.
 * Padded positions never change a result: their potentials are ignored, their marginals are 0, and
   values (argmax, k-best, samples) hold ``-1`` there.
 * ``temperature`` divides every potential before inference, so ``P_T(y) ∝ exp(Score(y) / T)``.
-* Potentials may require grad; ``log_partition`` and ``marginals`` are then differentiable (marginals
-  with ``create_graph``), so they can sit inside a loss.
+* Potentials may require grad; ``log_partition`` and ``marginals`` are then differentiable
+  (marginals with ``create_graph``), so they can sit inside a loss.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 
 class NumericalError(ArithmeticError):
-    """Raised when inference meets numerical trouble (NaN, a negative cross-entropy); never clamped."""
+    """Numerical trouble in inference or a loss (NaN, a negative cross-entropy); never clamped."""
 
 
 def lazy_property(method: Callable[[Any], T]) -> T:
@@ -47,7 +47,9 @@ def lazy_property(method: Callable[[Any], T]) -> T:
     return property(getter)  # type: ignore[return-value]
 
 
-def check_lengths(lengths: Tensor, batch_size: int, max_len: int, *, name: str = "lengths") -> Tensor:
+def check_lengths(
+    lengths: Tensor, batch_size: int, max_len: int, *, name: str = "lengths"
+) -> Tensor:
     """Validate per-sentence lengths ``[batch]`` against padded potentials; returns them as int64.
 
     Raises ``ValueError`` naming the problem (wrong shape, a length < 1 or > ``max_len``).
@@ -101,10 +103,11 @@ def autograd_marginals(
 ) -> tuple[Tensor, list[Tensor]]:
     """Marginals as ``d log Z / d potentials``: inside-outside is backprop.
 
-    ``log_partition_fn(*potentials)`` returns ``log Z`` ``[batch]``. Returns ``(log Z, marginals)`` with
-    one marginal tensor per potential (zeros where a potential does not reach ``log Z``). When grad is
-    enabled and a potential requires grad, the marginals keep their graph (``create_graph``), so a loss
-    on marginals can be backpropagated; otherwise they are computed on detached copies.
+    ``log_partition_fn(*potentials)`` returns ``log Z`` ``[batch]``. Returns ``(log Z, marginals)``
+    with one marginal tensor per potential (zeros where a potential does not reach ``log Z``). When
+    grad is enabled and a potential requires grad, the marginals keep their graph
+    (``create_graph``), so a loss on marginals can be backpropagated; otherwise they are computed
+    on detached copies.
     """
     differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in potentials)
     with torch.enable_grad():
@@ -127,7 +130,8 @@ def autograd_marginals(
 class StructDistribution:
     """Base class: a batch of distributions over structures, one per sentence.
 
-    Subclasses set ``self.lengths`` and ``self.temperature`` (via ``super().__init__``) and implement:
+    Subclasses set ``self.lengths`` and ``self.temperature`` (via ``super().__init__``) and
+    implement:
 
     * ``log_partition`` ``[batch]``
     * ``marginals`` (shape documented per class)
