@@ -147,12 +147,18 @@ def load_dataset(name: str, **options: Any) -> list[Any]:
     return DATASETS[name](**options)
 
 
+def _load_twt_tr(split: str) -> list[Any]:
+    """The Turkish Web Treebank ``split`` as ``DepSentence`` records (see ``conllu_io``)."""
+    from structkd.data.conllu_io import load_turkish_treebank
+
+    return load_turkish_treebank(split)
+
+
 def _register_builtin_datasets() -> None:
     for split in CONLL03_SPLIT_FILES:
         register_dataset(f"conll03-en:{split}", functools.partial(load_conll03_en, split))
-    # Dependency parsing (twt-tr:train/dev/test): register loaders here that import
-    # structkd.data.conllu_io inside the function, e.g.
-    #   register_dataset(f"twt-tr:{split}", functools.partial(_load_twt_tr, split))
+    for split in ("train", "dev", "test"):
+        register_dataset(f"twt-tr:{split}", functools.partial(_load_twt_tr, split))
 
 
 _register_builtin_datasets()
