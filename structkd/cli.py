@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--sentences", type=int, default=2000, help="dev sentences to use")
-    demo.add_argument("--steps", type=int, default=200, help="distillation steps")
+    demo.add_argument("--steps", type=int, default=400, help="distillation steps")
     demo.add_argument("--seed", type=int, default=0)
     return parser
 
