@@ -93,6 +93,30 @@ def check_potentials(name: str, tensor: Tensor, dims: int, shape_doc: str) -> Te
     return tensor
 
 
+def check_tag_values(value: Tensor, mask: Tensor, n_labels: int) -> Tensor:
+    """Validate tag sequences ``[..., batch, seq_len]`` against a ``[batch, seq_len]`` length mask.
+
+    Returns them as int64; raises ``ValueError`` for a wrong type, shape or dtype, or a tag outside
+    ``[0, n_labels)`` inside a sentence (padding may hold anything, e.g. ``-1``).
+    """
+    batch_size, max_len = mask.shape
+    if not isinstance(value, Tensor):
+        raise ValueError(f"value must be a tensor of tags, got {type(value).__name__}")
+    if value.dim() < 2 or tuple(value.shape[-2:]) != (batch_size, max_len):
+        raise ValueError(
+            f"value must have shape [..., batch, seq_len]=[..., {batch_size}, {max_len}], "
+            f"got {list(value.shape)}"
+        )
+    if value.dtype.is_floating_point or value.dtype == torch.bool:
+        raise ValueError(f"value must be an integer tensor, got {value.dtype}")
+    value = value.long()
+    if bool(((value < 0) | (value >= n_labels))[mask.expand_as(value)].any()):
+        raise ValueError(
+            f"value must hold tags in [0, {n_labels}) at every position inside a sentence"
+        )
+    return value
+
+
 def length_mask(lengths: Tensor, max_len: int) -> Tensor:
     """``[batch, max_len]`` bool mask, True at positions ``< lengths``."""
     return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(-1)

@@ -37,6 +37,7 @@ from torch import Tensor
 from structkd.structures.base import (
     NumericalError,
     StructDistribution,
+    check_tag_values,
     check_temperature,
 )
 
@@ -994,22 +995,7 @@ class LinearChainCRF(StructDistribution):
         )
 
     def _check_value(self, value: Tensor) -> Tensor:
-        if not isinstance(value, Tensor):
-            raise ValueError(f"value must be a tensor of tags, got {type(value).__name__}")
-        if value.dim() < 2 or tuple(value.shape[-2:]) != (self.batch_size, self.max_len):
-            raise ValueError(
-                f"value must have shape [..., batch, seq_len]=[..., {self.batch_size}, "
-                f"{self.max_len}], got {list(value.shape)}"
-            )
-        if value.dtype.is_floating_point or value.dtype == torch.bool:
-            raise ValueError(f"value must be an integer tensor, got {value.dtype}")
-        value = value.long()
-        inside = self.mask.expand_as(value)
-        if bool(((value < 0) | (value >= self.n_labels))[inside].any()):
-            raise ValueError(
-                f"value must hold tags in [0, {self.n_labels}) at every position inside a sentence"
-            )
-        return value
+        return check_tag_values(value, self.mask, self.n_labels)
 
     def __repr__(self) -> str:
         constrained = [
