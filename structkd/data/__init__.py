@@ -1,6 +1,7 @@
-"""Data: CoNLL readers and writers, tag schemes, vocabularies, named data sets (no torch here).
+"""Data: CoNLL and CoNLL-U readers and writers, tag schemes, vocabularies, named data sets.
 
-Imports only ``structkd.structures`` at most, never models or training code.
+Importing this package loads no torch (``batching`` and ``dep_encodings``, which use tensors, are
+imported from their modules). Imports only ``structkd.structures`` at most, never models or train.
 """
 
 from structkd.data.conll import (

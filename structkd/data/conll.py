@@ -5,7 +5,7 @@ separated by spaces or tabs; a blank line ends a sentence; ``-DOCSTART-`` lines 
 (starting with ``#``) are skipped. Files must be UTF-8 (a leading byte-order mark is ignored).
 Anything malformed raises ``DataError`` naming the file, the line and the problem.
 
-Pure Python (no torch): batching sentences into tensors is the training layer's business.
+Pure Python (no torch): batching sentences into tensors lives in ``structkd.data.batching``.
 """
 
 from __future__ import annotations
