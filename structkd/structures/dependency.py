@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from structkd.structures.base import (
+    NumericalError,
     StructDistribution,
     autograd_marginals,
     check_potentials,
@@ -167,19 +168,35 @@ def _chain_heads(shape: torch.Size, lengths: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_arc_scores(arc_scores: Tensor) -> None:
+    """``check_potentials`` for ``arc_scores`` plus square shape and no ``+inf``, with one reduction
+    and one host sync: the maximum is NaN when any entry is (``isnan().any()`` costs as much again).
+    """
+    if not (
+        isinstance(arc_scores, Tensor)
+        and arc_scores.dim() == 3
+        and arc_scores.dtype.is_floating_point
+    ):
+        check_potentials("arc_scores", arc_scores, 3, _ARC_SHAPE)  # raises the precise error
+    _, rows, cols = arc_scores.shape
+    if rows != cols or rows < 2:
+        raise ValueError(
+            f"arc_scores must have shape {_ARC_SHAPE} (square, at least 2), "
+            f"got {list(arc_scores.shape)}"
+        )
+    highest = float(arc_scores.detach().amax()) if arc_scores.numel() else 0.0
+    if math.isnan(highest):
+        raise NumericalError("arc_scores contains NaN")
+    if highest == math.inf:
+        raise ValueError("arc_scores contains +inf (use finite scores, -inf forbids an arc)")
+
+
 class _ArcFactored(StructDistribution):
     """Validation, tempered scores, ``score`` and ``expected_score`` shared by both classes."""
 
     def __init__(self, arc_scores: Tensor, lengths: Tensor, temperature: float = 1.0):
-        check_potentials("arc_scores", arc_scores, 3, _ARC_SHAPE)
-        batch, rows, cols = arc_scores.shape
-        if rows != cols or rows < 2:
-            raise ValueError(
-                f"arc_scores must have shape {_ARC_SHAPE} (square, at least 2), "
-                f"got {list(arc_scores.shape)}"
-            )
-        if torch.isposinf(arc_scores).any():
-            raise ValueError("arc_scores contains +inf (use finite scores, -inf forbids an arc)")
+        _check_arc_scores(arc_scores)
+        batch, rows, _ = arc_scores.shape
         lengths = torch.as_tensor(lengths, device=arc_scores.device)
         super().__init__(lengths, temperature, batch, rows - 1)
         self.arc_scores = arc_scores
@@ -792,6 +809,28 @@ def _eisner_kbest(arcs: Tensor, lengths: Tensor, multiroot: bool, k: int) -> tup
 # ----------------------------------------------------------------------------------------------
 
 
+def _word_log_weights(arc_scores: Tensor, padding: Tensor, temperature: float) -> Tensor:
+    """``[batch, n, n]`` float64 ``arc_scores / T`` with ``-inf`` off the allowed arcs (the root
+    column, the diagonal, rows and columns past the length), as ``tempered_scores`` in float64.
+
+    ``padding`` ``[batch, n]`` bool is True past the length; the division happens in the scores'
+    dtype (as in ``tempered_scores``). ``arc_scores`` hold no ``+inf``. Always a new tensor, so the
+    caller may overwrite it.
+    """
+    if temperature != 1.0:
+        log_weights = (arc_scores / temperature).to(torch.float64)
+    else:
+        log_weights = arc_scores.to(torch.float64, copy=True)
+    # Additions of a [batch, n] penalty (a masked_fill with a broadcast mask is slower on CPU).
+    blocked = torch.zeros(padding.shape, dtype=torch.float64, device=padding.device)
+    blocked.masked_fill_(padding, float("-inf"))
+    log_weights += blocked.unsqueeze(-1)  # heads past the length
+    log_weights += blocked.unsqueeze(-2)  # dependents past the length
+    log_weights.diagonal(0, 1, 2).fill_(float("-inf"))
+    log_weights.select(2, 0).fill_(float("-inf"))  # the root is nobody's dependent
+    return log_weights
+
+
 def _column_shift(scores: Tensor) -> Tensor:
     """``[batch, n - 1]`` the best head score of every word (0 where a column has no allowed arc,
     e.g. padding): subtracting it per dependent column leaves the tree distribution unchanged."""
@@ -819,50 +858,76 @@ def _laplacian(weights: Tensor, lengths: Tensor, multiroot: bool) -> Tensor:
 
 
 def _matrix_tree_lu(
-    scores: Tensor, lengths: Tensor, multiroot: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Matrix-tree theorem by float64 LU, with a certificate of accuracy.
+    log_weights: Tensor,
+    padding: Tensor,
+    multiroot: bool,
+    marginals_dtype: torch.dtype | None,
+    with_log_partition: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor]:
+    """Matrix-tree theorem by float64 LU, with a certificate of accuracy (no graph).
 
-    ``scores`` ``[batch, n, n]`` float64 (``-inf`` off the allowed arcs). Returns
-    ``(log_partition [batch], marginals [batch, n, n], trusted [batch] bool)``; ``trusted`` is False
-    where the Laplacian is singular, has a non-positive determinant, or has a condition number
-    ``||L||_1 ||L^-1||_1`` above ``_MAX_CONDITION`` (the column shift cannot remove the
-    cancellation when the best heads of the words form a cycle that is costly to break).
+    ``log_weights`` ``[batch, n, n]`` float64 from :func:`_word_log_weights` (overwritten: it
+    becomes the marginals), ``padding`` ``[batch, n]`` its mask. Each dependent column is shifted
+    by its best head score; the word Laplacian ``L`` (as in :func:`_laplacian`) is factored once,
+    in place, as ``L^T`` (``L`` laid out column-major, as LAPACK wants it), and inverted once; the
+    inverse gives both the condition number and the marginals (Koo et al. 2007).
+
+    Returns ``(log_partition [batch] float64, marginals [batch, n, n] in marginals_dtype, trusted
+    [batch] bool)``, ``None`` for the one not asked for. ``trusted`` certifies
+    ``||L||_1 ||L^-1||_1 <= _MAX_CONDITION`` (``||L||_1`` bounded by twice the largest column
+    total of the weights; an inf or NaN inverse, i.e. a singular ``L``, fails). It fails where the
+    best heads of the words form a cycle that is costly to break, whose cancellation the column
+    shift cannot remove. The determinant's sign needs no test of its own: LU with partial
+    pivoting exactly factors a matrix within about ``n g eps ||L||`` of ``L`` (``g`` the growth
+    factor, small in practice), while the nearest singular matrix is ``||L|| / kappa >= 1e-7
+    ||L||`` away, so the computed determinant has the sign of ``det L = Z exp(-sum shift) > 0``;
+    a sentence without a tree has a singular ``L`` and fails the certificate. Entries of
+    untrusted sentences are meaningless (possibly inf or NaN).
     """
-    shift = _column_shift(scores)
-    weights = (scores[:, :, 1:] - shift.unsqueeze(1)).exp_()  # [batch, n, n - 1]
-    laplacian = _laplacian(weights, lengths, multiroot)
-    size = laplacian.shape[-1]
-    factors, pivots, _ = torch.linalg.lu_factor_ex(laplacian)
-    diagonal = factors.diagonal(dim1=-2, dim2=-1)
-    log_det = diagonal.abs().log_().sum(-1)
-    eye = torch.eye(size, dtype=scores.dtype, device=scores.device).expand_as(laplacian)
-    inverse = torch.linalg.lu_solve(factors, pivots, eye)
-    # 1-norm condition number (a singular Laplacian gives inf or NaN). Every column of the
-    # Laplacian sums in absolute value to at most twice its weights' sum plus its root weight.
-    column_bound = 2 * weights[:, 1:].sum(1) + weights[:, 0]
-    condition = column_bound.amax(-1) * inverse.abs().sum(-2).amax(-1)
-    # The determinant's sign is the parity of negative pivots and row swaps.
-    swaps = pivots != torch.arange(1, size + 1, device=pivots.device, dtype=pivots.dtype)
-    negatives = (diagonal < 0).sum(-1) + swaps.sum(-1)
-    trusted = (condition <= _MAX_CONDITION) & (negatives % 2 == 0)  # False for NaN
-    log_partition = log_det + shift.sum(-1)
-    # P(h -> d) = w[h, d] d log det / d w[h, d] with d log det / d L[i, j] = inverse[j, i]: a word
+    batch, size, _ = log_weights.shape
+    words = size - 1
+    shift = log_weights.amax(1, keepdim=True).nan_to_num_(neginf=0.0)  # 0 on empty columns
+    weights = log_weights.sub_(shift).exp_()  # 0 off the allowed arcs
+    root, between = weights[:, 0, 1:], weights[:, 1:, 1:]
+    total = weights.sum(1)  # [batch, n]: each column of L sums in absolute value to <= 2 * total
+    norm_bound = total.amax(-1)  # ||L||_1 / 2
+    incoming = total.masked_fill_(padding, 1.0)[:, 1:]  # padded words: an identity block
+    if not multiroot:
+        incoming = incoming - root  # single root: root weights leave the diagonal
+    laplacian = between.neg()  # [batch, n - 1, n - 1]; ``between`` is 0 on its diagonal
+    laplacian.diagonal(0, 1, 2).copy_(incoming)
+    if not multiroot:
+        laplacian.select(1, 0).copy_(root)  # Koo et al.: the root weights replace the first row
+    transposed = laplacian.mT  # L^T, column-major: factored in place (det L^T = det L)
+    pivots = torch.empty(batch, words, dtype=torch.int32, device=weights.device)
+    info = torch.empty(batch, dtype=torch.int32, device=weights.device)
+    factors = torch.linalg.lu_factor_ex(transposed, out=(transposed, pivots, info))[0]
+    log_partition = None
+    if with_log_partition:
+        log_partition = factors.diagonal(0, 1, 2).abs().log_().sum(-1) + shift.sum((1, 2))
+    eye = torch.eye(words, dtype=weights.dtype, device=weights.device).expand_as(laplacian)
+    inverse_t = torch.linalg.lu_solve(factors, pivots, eye)  # [b, h, d] = L^-1[d, h]
+    # The factors are spent: their memory takes the temporaries below (on CPU, fresh megabyte
+    # buffers can cost more in page faults than the arithmetic).
+    workspace = torch.abs(inverse_t, out=factors)
+    inverse_norm = workspace.sum(-1).amax(-1)  # ||L^-1||_1: the largest row sum of |L^-T|
+    trusted = norm_bound * inverse_norm <= _MAX_CONDITION / 2  # False for NaN
+    if marginals_dtype is None:
+        return log_partition, None, trusted
+    # P(h -> d) = w[h, d] d log det / d w[h, d] with d log det / d L[i, j] = L^-1[j, i]: a word
     # weight w[h, d] enters L[d, d] with + and L[h, d] with -; the root weight enters L[d, d].
-    # Single root: the first row holds the root weights r[d] (d log det / d r[d] = inverse[d, 0]),
+    # Single root: the first row holds the root weights r[d] (d log det / d r[d] = L^-1[d, 0]),
     # so w[h, first] does not enter L[first, first] and w[first, d] does not enter L[first, d].
-    gradient = torch.empty_like(weights)  # [batch, n (head), n - 1 (dependent)]
-    inverse_diag = inverse.diagonal(dim1=-2, dim2=-1)
-    torch.sub(inverse_diag.unsqueeze(-2), inverse.transpose(-1, -2), out=gradient[:, 1:])
+    inverse_diagonal = inverse_t.diagonal(0, 1, 2)  # L^-1[d, d]
+    gradient = torch.sub(inverse_diagonal.unsqueeze(-2), inverse_t, out=workspace)
     if multiroot:
-        gradient[:, 0] = inverse_diag
+        root.mul_(inverse_diagonal)
     else:
-        gradient[:, 1:, 0] = -inverse[:, 0]
-        gradient[:, 1] = inverse_diag
-        gradient[:, 0] = inverse[:, :, 0]
-    marginals = torch.zeros_like(scores)
-    torch.mul(weights, gradient, out=marginals[:, :, 1:])
-    return log_partition, marginals, trusted
+        root.mul_(inverse_t[:, 0])
+        torch.neg(inverse_t[:, :, 0], out=gradient[:, :, 0])
+        gradient.select(1, 0).copy_(inverse_diagonal)
+    between.mul_(gradient)  # the weights are now the marginals (0 off the allowed arcs)
+    return log_partition, weights.to(marginals_dtype), trusted
 
 
 def _matrix_tree_log_space(
@@ -920,47 +985,83 @@ def _log_add(first: Tensor, second: Tensor) -> Tensor:
     return torch.logsumexp(torch.stack((first, second)), 0)
 
 
-def _matrix_tree(scores: Tensor, lengths: Tensor, multiroot: bool) -> tuple[Tensor, Tensor]:
-    """``(log Z [batch], marginals [batch, n, n])`` in float64, no graph.
+def _matrix_tree(
+    arc_scores: Tensor,
+    lengths: Tensor,
+    multiroot: bool,
+    temperature: float = 1.0,
+    marginals_dtype: torch.dtype | None = torch.float64,
+    with_log_partition: bool = True,
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(log Z [batch] float64, marginals [batch, n, n] in marginals_dtype)``, no graph; ``None``
+    for the one not asked for (``with_log_partition=False``, ``marginals_dtype=None``).
 
-    The float64 LU path where its certificate holds, the exact log-space elimination (marginals by
-    autograd) for the other sentences.
+    ``arc_scores`` ``[batch, n, n]`` untempered, any float dtype (padding, the root column and the
+    diagonal are ignored). The float64 LU path where its certificate holds (one host sync to
+    decide), the exact log-space elimination (marginals by autograd) for the other sentences.
+    Raises ``ValueError`` when a sentence has no tree.
     """
-    scores = scores.detach().double()
-    log_partition, marginals, trusted = _matrix_tree_lu(scores, lengths, multiroot)
-    if not trusted.all():
-        redo = torch.nonzero(~trusted).flatten()
+    positions = torch.arange(arc_scores.shape[-1], device=lengths.device)
+    padding = positions > lengths.unsqueeze(-1)  # [batch, n]
+    log_weights = _word_log_weights(arc_scores, padding, temperature)
+    log_partition, marginals, trusted = _matrix_tree_lu(
+        log_weights, padding, multiroot, marginals_dtype, with_log_partition
+    )
+    if bool(trusted.all()):  # a trusted determinant is positive: every sentence has a tree
+        return log_partition, marginals
+    redo = torch.nonzero(~trusted).flatten()
+    scores = _word_log_weights(arc_scores[redo], padding[redo], temperature)
+    if marginals is None:
+        with torch.no_grad():
+            exact_log_z = _matrix_tree_log_space(scores, lengths[redo], multiroot)
+    else:
         exact_log_z, (exact_marginals,) = autograd_marginals(
-            lambda s: _matrix_tree_log_space(s, lengths[redo], multiroot), [scores[redo]]
+            lambda s: _matrix_tree_log_space(s, lengths[redo], multiroot), [scores]
         )
-        log_partition = log_partition.index_copy(0, redo, exact_log_z.detach())
-        marginals = marginals.index_copy(0, redo, exact_marginals.detach())
+        marginals = marginals.index_copy(0, redo, exact_marginals.to(marginals.dtype))
+    exact = torch.zeros_like(trusted, dtype=torch.float64).index_copy_(
+        0, redo, exact_log_z.detach()
+    )
+    _raise_if_no_structure(exact, -1e29, "tree")  # the trusted sentences (0 here) have a tree
+    if log_partition is not None:
+        log_partition = torch.where(trusted, log_partition, exact)
     return log_partition, marginals
 
 
 class _MatrixTreeLogPartition(torch.autograd.Function):
-    """``log Z`` ``[batch]`` by the matrix-tree theorem; backward multiplies the saved marginals
-    (first derivatives only)."""
+    """``log Z`` ``[batch]`` by the matrix-tree theorem from untempered ``arc_scores``; backward
+    multiplies the saved marginals by ``grad / T`` (first derivatives only)."""
 
     @staticmethod
-    def forward(ctx, scores: Tensor, lengths: Tensor, multiroot: bool) -> Tensor:  # type: ignore[override]
-        log_partition, marginals = _matrix_tree(scores, lengths, multiroot)
+    def forward(  # type: ignore[override]
+        ctx, arc_scores: Tensor, lengths: Tensor, multiroot: bool, temperature: float
+    ) -> Tensor:
+        log_partition, marginals = _matrix_tree(
+            arc_scores, lengths, multiroot, temperature, arc_scores.dtype
+        )
         ctx.save_for_backward(marginals)
-        return log_partition.to(scores.dtype)
+        ctx.temperature = temperature
+        return log_partition.to(arc_scores.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
         (marginals,) = ctx.saved_tensors
-        return (marginals * grad.double().view(-1, 1, 1)).to(grad.dtype), None, None
+        if ctx.temperature != 1.0:
+            grad = grad / ctx.temperature
+        return marginals * grad.view(-1, 1, 1), None, None, None
 
 
 def _matrix_tree_differentiable(scores: Tensor, lengths: Tensor, multiroot: bool) -> Tensor:
     """``log Z`` ``[batch]`` through operations autograd differentiates twice: ``slogdet`` for the
-    sentences the LU certificate trusts, the log-space elimination for the others."""
+    sentences the LU certificate trusts, the log-space elimination for the others.
+
+    ``scores`` ``[batch, n, n]`` tempered, ``-inf`` off the allowed arcs.
+    """
     scores64 = scores.double()
     with torch.no_grad():
-        _, _, trusted = _matrix_tree_lu(scores64.detach(), lengths, multiroot)
+        padding = torch.arange(scores.shape[-1], device=lengths.device) > lengths.unsqueeze(-1)
+        _, _, trusted = _matrix_tree_lu(scores64.detach().clone(), padding, multiroot, None)
     shift = _column_shift(scores64)
     weights = torch.exp(scores64[:, :, 1:] - shift.unsqueeze(1))
     laplacian = _laplacian(weights, lengths, multiroot)
@@ -1214,28 +1315,36 @@ class DependencyCRF(_ArcFactored):
     def log_partition(self) -> Tensor:
         """``[batch]`` ``log Z`` of the tempered scores; differentiable (first order) when the
         scores require grad. Raises ``ValueError`` when a sentence has no tree left."""
+        if not self.projective:  # _matrix_tree raises for a sentence without a tree
+            if self._differentiable():
+                return _MatrixTreeLogPartition.apply(
+                    self.arc_scores, self.lengths, self.multiroot, self.temperature
+                )
+            return self._nonprojective[0].to(self.arc_scores.dtype)
         scores = self.tempered_scores
-        if self.projective:
-            if self._differentiable():
-                log_partition = _EisnerLogPartition.apply(scores, self.lengths, self.multiroot)
-            elif "_chart" in self.__dict__.get("_lazy_cache", {}):
-                log_partition = self._chart.log_partition
-            else:
-                log_partition = self._inside(keep_weights=False).log_partition
-            floor = _finite_floor(scores.dtype, self.size) / 2
+        if self._differentiable():
+            log_partition = _EisnerLogPartition.apply(scores, self.lengths, self.multiroot)
+        elif "_chart" in self.__dict__.get("_lazy_cache", {}):
+            log_partition = self._chart.log_partition
         else:
-            if self._differentiable():
-                log_partition = _MatrixTreeLogPartition.apply(scores, self.lengths, self.multiroot)
-            else:
-                log_partition = _matrix_tree(scores, self.lengths, self.multiroot)[0]
-                log_partition = log_partition.to(scores.dtype)
-            floor = -1e29
-        _raise_if_no_structure(log_partition.detach(), floor, "tree")
+            log_partition = self._inside(keep_weights=False).log_partition
+        _raise_if_no_structure(
+            log_partition.detach(), _finite_floor(scores.dtype, self.size) / 2, "tree"
+        )
         return log_partition
 
     def _inside(self, keep_weights: bool) -> _EisnerChart:
         arcs, _ = _eisner_arcs(self.tempered_scores.detach(), self.lengths)
         return _EisnerChart(arcs, self.lengths, self.multiroot, keep_weights=keep_weights)
+
+    @lazy_property
+    def _nonprojective(self) -> tuple[Tensor, Tensor]:
+        """Non-projective ``(log Z [batch] float64, marginals [batch, seq_len + 1, seq_len + 1]
+        in the scores' dtype)``, no graph: one evaluation serves both properties (``marginals``
+        alone skips the determinant)."""
+        return _matrix_tree(
+            self.arc_scores, self.lengths, self.multiroot, self.temperature, self.arc_scores.dtype
+        )
 
     @lazy_property
     def _chart(self) -> _EisnerChart:
@@ -1270,9 +1379,16 @@ class DependencyCRF(_ArcFactored):
         if self.projective:
             # The outside pass leaves zeros off the allowed arcs; the fill makes it contiguous.
             return self._chart.outside().permute(2, 0, 1).masked_fill(~self.arc_mask, 0.0)
-        log_partition, marginals = _matrix_tree(self.tempered_scores, self.lengths, self.multiroot)
-        _raise_if_no_structure(log_partition, -1e29, "tree")
-        return marginals.to(self.arc_scores.dtype)  # weights are exactly 0 off the allowed arcs
+        if "_nonprojective" in self.__dict__.get("_lazy_cache", {}):
+            return self._nonprojective[1]
+        return _matrix_tree(  # weights are exactly 0 off the allowed arcs
+            self.arc_scores,
+            self.lengths,
+            self.multiroot,
+            self.temperature,
+            self.arc_scores.dtype,
+            with_log_partition=False,
+        )[1]
 
     # -- decoding ----------------------------------------------------------------------------
 
@@ -1343,7 +1459,7 @@ class DependencyCRF(_ArcFactored):
             real = lengths >= dep
             if not real.any():
                 break
-            _, marginals = _matrix_tree(scores, lengths, self.multiroot)
+            _, marginals = _matrix_tree(scores, lengths, self.multiroot, with_log_partition=False)
             column = marginals[:, :, dep].clamp(min=0)
             column = torch.where(real.view(-1, 1), column, torch.ones_like(column))
             drawn = torch.multinomial(column, 1, generator=generator).squeeze(-1)

@@ -10,8 +10,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from structkd.structures.base import NumericalError
-from structkd.structures.dependency import DependencyCRF, HeadSelection, is_projective, is_tree
+from structkd.structures.base import NumericalError, autograd_marginals
+from structkd.structures.dependency import (
+    DependencyCRF,
+    HeadSelection,
+    _matrix_tree_log_space,
+    _matrix_tree_lu,
+    _word_log_weights,
+    is_projective,
+    is_tree,
+)
 from tests.structures.brute_trees import (
     all_head_vectors,
     all_trees,
@@ -276,6 +284,63 @@ def test_matrix_tree_is_exact_when_the_best_heads_form_a_costly_cycle():
             expected = torch.zeros(3, 3, dtype=torch.float64)
             expected[1, 2] = expected[2, 1] = expected[0, 1] = expected[0, 2] = 0.5
             torch.testing.assert_close(dist.marginals[0], expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("multiroot", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matrix_tree_mixes_exact_and_lu_sentences(multiroot, dtype):
+    """One batch where a costly cycle sends sentence 0 to the exact elimination and the others
+    take the LU path; marginals asked first (no determinant), then log Z, against enumeration."""
+    lengths = torch.tensor(LENGTHS)
+    scores = _scores(len(LENGTHS), 6, seed=31)
+    scores[0, 1, 2] = scores[0, 2, 1] = 60.0
+    scores = scores.to(dtype)
+    padding = torch.arange(6) > lengths.unsqueeze(-1)
+    trusted = _matrix_tree_lu(_word_log_weights(scores, padding, 1.0), padding, multiroot, None)[2]
+    assert trusted.tolist() == [False, True, True, True, True]
+    dist = DependencyCRF(scores, lengths, False, multiroot)
+    marginals = dist.marginals
+    log_z = dist.log_partition
+    assert marginals.dtype == log_z.dtype == dtype
+    tolerance = 1e-11 if dtype == torch.float64 else 1e-5
+    for b, n in enumerate(LENGTHS):
+        _, _, true_log_z, true_marginals, _ = _brute(scores[b].double(), n, False, multiroot)
+        torch.testing.assert_close(log_z[b].double(), true_log_z, rtol=tolerance, atol=0)
+        torch.testing.assert_close(marginals[b].double(), true_marginals, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("multiroot", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matrix_tree_lu_path_on_long_sentences(multiroot, dtype):
+    """Sentences too long to enumerate: the LU path against the exact log-space elimination.
+
+    The LU certificate must hold for every sentence of moderate random scores (else the fast path
+    is lost), including a padded one with garbage in its padding; log Z, the marginals and the
+    gradient of log Z (the training path) must agree with the exact elimination.
+    """
+    size, temperature = 31, 0.8
+    lengths = torch.tensor([30, 17, 1, 24])
+    scores = _scores(4, size, scale=2.0, seed=30)
+    scores[1, 18:, :] = scores[1, :, 18:] = 1e4  # garbage in the padding of sentence 1
+    scores = scores.to(dtype)
+    padding = torch.arange(size) > lengths.unsqueeze(-1)
+    log_weights = _word_log_weights(scores, padding, temperature)
+    assert _matrix_tree_lu(log_weights, padding, multiroot, None)[2].all()
+    leaf = scores.clone().requires_grad_()
+    dist = DependencyCRF(leaf, lengths, False, multiroot, temperature)
+    (gradient,) = torch.autograd.grad(dist.log_partition.sum(), leaf)
+    marginals = DependencyCRF(scores, lengths, False, multiroot, temperature).marginals
+    assert gradient.dtype == marginals.dtype == dtype
+    reference = _word_log_weights(scores, padding, temperature)  # float64, as the LU path sees
+    exact_log_z, (exact_marginals,) = autograd_marginals(
+        lambda s: _matrix_tree_log_space(s, lengths, multiroot), [reference]
+    )
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(
+        dist.log_partition.double(), exact_log_z, rtol=tolerance / 10, atol=0
+    )
+    torch.testing.assert_close(marginals.double(), exact_marginals, rtol=0, atol=tolerance)
+    torch.testing.assert_close(gradient * temperature, marginals, rtol=0, atol=tolerance)
 
 
 @pytest.mark.parametrize("multiroot", [True, False])
