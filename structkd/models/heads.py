@@ -73,14 +73,19 @@ class CRFHead(nn.Module):
     """Linear-chain CRF over BIOES labels: ``[B, N, D]`` -> ``LinearChainCRF``.
 
     ``Score(y) = start[y_0] + sum_i emissions[i, y_i] + sum_i transitions[y_i, y_{i+1}]
-    + end[y_{n-1}]``; transitions, starts and ends that break BIOES are forbidden (``-inf``), so
-    every decoded sequence is well-formed.
+    + end[y_{n-1}]``. With ``constrained=True`` (the default) transitions, starts and ends that
+    break BIOES are forbidden (``-inf``), so every decoded sequence is well-formed; with
+    ``constrained=False`` every tag sequence keeps some probability (needed to distill a teacher
+    that puts mass on ill-formed sequences, e.g. a softmax tagger: case 3).
     """
 
-    def __init__(self, input_dim: int, types: tuple[str, ...] | list[str]):
+    def __init__(
+        self, input_dim: int, types: tuple[str, ...] | list[str], *, constrained: bool = True
+    ):
         super().__init__()
         self.types = tuple(types)
         self.n_labels = 1 + 4 * _n_types(self.types)
+        self.constrained = constrained
         self.projection = nn.Linear(input_dim, self.n_labels)
         self.transitions = nn.Parameter(torch.zeros(self.n_labels, self.n_labels))
         self.start = nn.Parameter(torch.zeros(self.n_labels))
@@ -88,6 +93,8 @@ class CRFHead(nn.Module):
         allowed, allowed_start, allowed_end = transition_constraints(
             label_names(self.types, "bioes"), "BIOES"
         )
+        if not constrained:
+            allowed, allowed_start, allowed_end = None, None, None
         self.register_buffer("allowed_transitions", allowed, persistent=False)
         self.register_buffer("allowed_start", allowed_start, persistent=False)
         self.register_buffer("allowed_end", allowed_end, persistent=False)

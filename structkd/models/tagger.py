@@ -10,7 +10,9 @@ Named architectures (``ARCHITECTURES``; sizes of the feasibility run in DESIGN.m
   direction, then a CRF (cases 1a, 2a), softmax (case 3) or biaffine span head (case 4).
 * ``teacher-crf-finetune`` / ``teacher-span-finetune``: the same with MiniLM fine-tuned.
 * ``student-crf`` / ``student-softmax``: GloVe 50d (frozen) + character CNN (25 filters),
-  BiLSTM 64 per direction, CRF (cases 1a, 3) or softmax (cases 2a, 4).
+  BiLSTM 64 per direction, CRF (case 1a) or softmax (cases 2a, 4).
+* ``student-crf-unconstrained``: the CRF student without BIOES constraints (case 3: a softmax
+  teacher puts mass on ill-formed sequences, which a constrained CRF cannot represent).
 
 Typical use (a frozen-transformer teacher reads cached features, ``compute_word_features``)::
 
@@ -59,6 +61,8 @@ class TaggerConfig:
             precomputed and cached).
         span_ffnn_dim, span_dropout: the biaffine head's start/end projections; max_span_width: the
             widest entity it can predict (tokens), ``None`` for no limit.
+        crf_constraints: a CRF head forbids tag sequences that break BIOES (``False``: it
+            allows every sequence, as a student distilled from a softmax teacher must).
     """
 
     head: str = "crf"
@@ -78,6 +82,7 @@ class TaggerConfig:
     span_ffnn_dim: int = 150
     span_dropout: float = 0.2
     max_span_width: int | None = None
+    crf_constraints: bool = True
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -111,6 +116,10 @@ class TaggerConfig:
             width = self.max_span_width
             if isinstance(width, bool) or not isinstance(width, int) or width < 1:
                 raise ValueError(f"max_span_width must be None or an integer >= 1; got {width!r}")
+        if not isinstance(self.crf_constraints, bool):
+            raise ValueError(f"crf_constraints must be true or false; got {self.crf_constraints!r}")
+        if not self.crf_constraints and self.head != "crf":
+            raise ValueError("crf_constraints=False applies to head='crf' only")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
@@ -149,6 +158,7 @@ ARCHITECTURES: dict[str, TaggerConfig] = {
     "teacher-span-finetune": _TEACHER.replace(head="span", fine_tune=True),
     "student-crf": _STUDENT,
     "student-softmax": _STUDENT.replace(head="softmax"),
+    "student-crf-unconstrained": _STUDENT.replace(crf_constraints=False),
 }
 """Named tagger configurations (see the module docstring)."""
 
@@ -203,7 +213,7 @@ class Tagger(nn.Module):
         )
         width = self.encoder.output_dim
         if config.head == "crf":
-            self.head: nn.Module = CRFHead(width, vocab.types)
+            self.head: nn.Module = CRFHead(width, vocab.types, constrained=config.crf_constraints)
         elif config.head == "softmax":
             self.head = SoftmaxHead(width, vocab.types)
         else:
