@@ -19,16 +19,6 @@ from structkd.data.batching import (
 from structkd.data.conll import Sentence
 from structkd.data.tag_schemes import convert_tags, label_indices_to_tags
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run fastest on one thread (and the test machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TRAIN = [
     Sentence(["EU", "rejects", "German", "call"], ["B-ORG", "O", "B-MISC", "O"]),
     Sentence(["Peter", "Blackburn"], ["B-PER", "I-PER"]),

@@ -27,15 +27,6 @@ TINY = TaggerConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run fastest on one thread (and the test machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 HEAD_CLASSES = {"crf": LinearChainCRF, "softmax": Factorized, "span": SemiMarkovSpans}
 
 

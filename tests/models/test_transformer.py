@@ -24,15 +24,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run fastest on one thread (and the test machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SHORT = Sentence(["EU", "rejects", "German", "call", "to", "boycott", "Lululemon", "lamb"])
 ODD = Sentence(["a", "\u200b", "Xylophonist", "!"])  # a word with no subword at all
 LONG = Sentence(("Tottenham beat Chelsea in the Premiership on Saturday , " * 4).split())

@@ -22,14 +22,6 @@ from structkd.train.commands import build_lightning, prepare_distill
 from tests.train import TINY, write_conll, write_tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
     """Two tiny CRF teachers (different seeds), a softmax one and a biaffine span one, trained on

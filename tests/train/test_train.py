@@ -15,15 +15,6 @@ from structkd.train.checkpoint import MODEL_FILE, load_tagger
 from tests.train import TINY, write_conll, write_tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and the test machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_options(tmp_path, name: str, **changes) -> TrainOptions:
     fields = {
         "train": str(tmp_path / "train.conll"),
