@@ -18,6 +18,12 @@ from structkd.distill.bridges import (
     spans_to_crf,
     spans_to_factorized,
 )
+from structkd.distill.dep_bridges import (
+    DepLabelTargets,
+    label_marginals,
+    local_head_probs,
+    lost_mass_summary,
+)
 from structkd.distill.objective import (
     cross_entropy_lower_bound,
     kd_loss_from_targets,
@@ -30,6 +36,7 @@ __all__ = [
     "TEMPERATURE_MODES",
     "Bridge",
     "ChainTargets",
+    "DepLabelTargets",
     "check_compatible",
     "crf_to_crf",
     "crf_to_factorized",
@@ -38,7 +45,10 @@ __all__ = [
     "factorized_to_factorized",
     "find_bridge",
     "kd_loss_from_targets",
+    "label_marginals",
+    "local_head_probs",
     "local_temper",
+    "lost_mass_summary",
     "mix_targets",
     "posterior_kd_loss",
     "project_teacher",

@@ -52,3 +52,20 @@ __all__ = [
     "save_features",
     "transformer_hidden_size",
 ]
+
+from structkd.models.dep_tagger import (
+    DepPrediction,
+    DepTaggerConfig,
+    SequenceLabelingParser,
+)
+
+__all__ += ["DepPrediction", "DepTaggerConfig", "SequenceLabelingParser"]
+
+from structkd.models.parser import (  # noqa: E402
+    PARSER_MODES,
+    BiaffineParser,
+    ParserConfig,
+    ParserScores,
+)
+
+__all__ += ["PARSER_MODES", "BiaffineParser", "ParserConfig", "ParserScores"]

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 KD_METHODS = ("struct", "token", "topk", "topwk", "posterior", "none")
-TASKS = ("ner",)
+TASKS = ("ner", "dep")
 
 
 @dataclass
@@ -339,17 +339,13 @@ def fit(run: PreparedRun) -> dict[str, Any]:
     """Run the Trainer, keep the best model (by dev F1) in ``options.out``, evaluate it on dev and
     test, write ``metrics.json``; returns the metrics plus ``model_dir`` (on DDP processes other
     than rank 0: only ``{"global_rank"}``)."""
-    import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from structkd.train.cache import make_collator
-    from structkd.train.checkpoint import METRICS_FILE, load_tagger, save_tagger, write_json
+    from structkd.train.checkpoint import save_tagger
     from structkd.train.module import BestModelSaver
 
     options = run.options
     module, datamodule = build_lightning(run)
-    cache_dir = _cache_dir(options)
-    device = _inference_device(options.accelerator)
     out = Path(options.out)
     saver = BestModelSaver(
         lambda model: save_tagger(out, model, arch=options.arch, tag_scheme=run.tag_scheme)
@@ -357,7 +353,19 @@ def fit(run: PreparedRun) -> dict[str, Any]:
     callbacks: list[Any] = [saver]
     if options.patience is not None:
         callbacks.append(EarlyStopping(monitor="dev_f1", mode="max", patience=options.patience))
-    trainer = pl.Trainer(
+    trainer = make_trainer(options, callbacks)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    training_seconds = time.perf_counter() - started
+    return _finish_fit(run, module, trainer, saver, training_seconds)
+
+
+def make_trainer(options: TrainOptions, callbacks: list[Any]) -> Any:
+    """The Lightning ``Trainer`` of a training run (no logger or Lightning checkpoints: the best
+    model is kept by ``BestModelSaver``; batches are sharded by our own sampler)."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
         max_epochs=options.epochs,
         max_steps=-1 if options.max_steps is None else options.max_steps,
         accelerator=options.accelerator,
@@ -373,9 +381,18 @@ def fit(run: PreparedRun) -> dict[str, Any]:
         gradient_clip_val=options.gradient_clip,
         callbacks=callbacks,
     )
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    training_seconds = time.perf_counter() - started
+
+
+def _finish_fit(
+    run: PreparedRun, module: Any, trainer: Any, saver: Any, training_seconds: float
+) -> dict[str, Any]:
+    from structkd.train.cache import make_collator
+    from structkd.train.checkpoint import METRICS_FILE, load_tagger, save_tagger, write_json
+
+    options = run.options
+    cache_dir = _cache_dir(options)
+    device = _inference_device(options.accelerator)
+    out = Path(options.out)
     if not trainer.is_global_zero:
         return {"global_rank": trainer.global_rank}
     if saver.best_epoch is None:  # stopped before any validation: keep the last model
@@ -467,6 +484,10 @@ def prepare_train(options: TrainOptions) -> PreparedRun:
 def train(options: TrainOptions) -> dict[str, Any]:
     """Train a tagger on gold tags; model selection on dev F1. Writes ``options.out`` and returns
     the metrics written to ``metrics.json`` (plus ``model_dir``)."""
+    if options.task == "dep":
+        from structkd.train.dep import train_dep
+
+        return train_dep(options)
     return fit(prepare_train(options))
 
 
@@ -692,6 +713,10 @@ def distill(options: DistillOptions) -> dict[str, Any]:
     are computed once per (teacher, data, method options) and cached under ``cache_dir``; a rerun
     reuses them. Writes ``options.out`` and returns the metrics (plus ``model_dir``); the
     ``distillation`` entry records the caches used and whether this run built them."""
+    if options.task == "dep":
+        from structkd.train.dep import distill_dep
+
+        return distill_dep(options)
     return fit(prepare_distill(options))
 
 
@@ -707,13 +732,32 @@ def evaluate(
     device: str = "cpu",
     num_threads: int | None = None,
     max_sentences: int | None = None,
+    include_punct: bool = False,
 ) -> dict[str, Any]:
-    """Entity-level ``precision``, ``recall``, ``f1`` and ``per_type`` scores of the model in
+    """Entity-level ``precision``, ``recall``, ``f1`` and ``per_type`` scores of the NER model in
     ``model_dir`` on the labeled ``data`` (a data set name or a CoNLL file), with
-    ``sentences_per_second`` (transformer features computed on the fly, as in real use)."""
+    ``sentences_per_second`` (transformer features computed on the fly, as in real use). For a
+    dependency model (``--task dep``): UAS, LAS (punctuation excluded unless ``include_punct``)
+    and the rate of well-formed trees before repair, on a treebank or CoNLL-U file."""
     _positive_int(batch_size, "batch_size")
     _positive_int(num_threads, "num_threads", allow_none=True)
     import torch
+
+    from structkd.train.dep import model_task
+
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    if model_task(model_dir) == "dep":
+        from structkd.train.dep import evaluate_dep
+
+        return evaluate_dep(
+            model_dir,
+            data,
+            batch_size=batch_size,
+            device=device,
+            include_punct=include_punct,
+            max_sentences=max_sentences,
+        )
 
     from structkd.train.cache import default_cache_dir, make_collator
     from structkd.train.checkpoint import load_tagger
@@ -762,6 +806,13 @@ def predict(
     if scheme not in ("bioes", "iob2"):
         raise ValueError(f"scheme must be 'bioes' or 'iob2'; got {scheme!r}")
     import torch
+
+    from structkd.train.dep import model_task
+
+    if model_task(model_dir) == "dep":
+        from structkd.train.dep import predict_dep
+
+        return predict_dep(model_dir, input, output, batch_size=batch_size, device=device)
 
     from structkd.data.batching import length_sorted_batches
     from structkd.data.conll import write_conll
@@ -841,13 +892,20 @@ def _devices(text: str) -> int | str:
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, default_arch: str) -> None:
-    parser.add_argument("--task", default="ner", choices=TASKS, help="the task (only ner here)")
+    parser.add_argument(
+        "--task",
+        default="ner",
+        choices=TASKS,
+        help="ner (CoNLL column files) or dep (dependency parsing on CoNLL-U treebanks)",
+    )
     parser.add_argument("--train", required=True, help="training data: a data set name or file")
     parser.add_argument("--dev", required=True, help="dev data, for model selection by F1")
     parser.add_argument("--test", help="test data, scored with the best model")
     parser.add_argument("--out", required=True, help="the model directory to write")
     parser.add_argument(
-        "--arch", default=default_arch, help=f"architecture (default {default_arch})"
+        "--arch",
+        help=f"architecture (default {default_arch}; for --task dep: parser-head-selection "
+        "to train, student-dep-offset to distill)",
     )
     parser.add_argument(
         "--arch-override",
@@ -882,7 +940,7 @@ def _training_fields(args: argparse.Namespace) -> dict[str, Any]:
         "test": args.test,
         "out": args.out,
         "task": args.task,
-        "arch": args.arch,
+        "arch": args.arch or _default_arch(args),
         "arch_overrides": dict(args.arch_override),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -900,9 +958,34 @@ def _training_fields(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _default_arch(args: argparse.Namespace) -> str:
+    if args.task == "dep":
+        distilling = getattr(args, "command", "train") == "distill"
+        return "student-dep-offset" if distilling else "parser-head-selection"
+    return "student-crf" if getattr(args, "command", "train") == "distill" else "teacher-crf"
+
+
+def _dep_line(name: str, scores: dict[str, Any]) -> str:
+    return (
+        f"{name:<4} UAS {100 * scores['uas']:.2f}  LAS {100 * scores['las']:.2f}  well-formed "
+        f"{100 * scores.get('well_formed_rate', float('nan')):.1f}%  "
+        f"({scores['sentences_per_second']:.0f} sentences/s)"
+    )
+
+
 def _summary(metrics: dict[str, Any]) -> str:
     if "dev" not in metrics:
         return ""
+    if metrics.get("task") == "dep":
+        lines = [
+            f"model: {metrics['model_dir']}  (best epoch {metrics['best_epoch']}, "
+            f"{metrics['training_seconds']:.1f} s of training, {metrics['n_parameters']:,} "
+            "parameters)",
+            _dep_line("dev", metrics["dev"]),
+        ]
+        if metrics.get("test"):
+            lines.append(_dep_line("test", metrics["test"]))
+        return "\n".join(lines)
     lines = [
         f"model: {metrics['model_dir']}  (best epoch {metrics['best_epoch']}, "
         f"{metrics['training_seconds']:.1f} s of training, {metrics['n_parameters']:,} parameters)",
@@ -948,6 +1031,15 @@ def _run_distill(args: argparse.Namespace) -> int:
 
 
 def _format_scores(result: dict[str, Any]) -> str:
+    if "uas" in result:
+        punct = "included" if result.get("include_punct") else "excluded"
+        return "\n".join(
+            [
+                f"data: {result['data']} ({result['n_sentences']} sentences, "
+                f"{result['n_tokens']} words; punctuation {punct})",
+                _dep_line("all", result),
+            ]
+        )
     lines = [
         f"data: {result['data']} ({result['n_sentences']} sentences, {result['n_tokens']} tokens)",
         f"{'type':<10} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
@@ -972,6 +1064,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         num_threads=args.num_threads,
+        include_punct=args.punct,
     )
     print(json.dumps(result, indent=2) if args.json else _format_scores(result))
     return 0
@@ -1048,6 +1141,12 @@ def add_commands(
     evaluate_parser.add_argument("--batch-size", type=int, default=64)
     evaluate_parser.add_argument("--device", default="cpu")
     evaluate_parser.add_argument("--num-threads", type=int)
+    evaluate_parser.add_argument(
+        "--punct", action="store_true", help="dependency models: score punctuation too"
+    )
+    evaluate_parser.add_argument(
+        "--task", choices=TASKS, help="ignored: the task is read from the model directory"
+    )
 
     predict_parser = commands.add_parser(
         "predict",
@@ -1064,6 +1163,11 @@ def add_commands(
     predict_parser.add_argument("--scheme", default="bioes", choices=("bioes", "iob2"))
     predict_parser.add_argument("--batch-size", type=int, default=64)
     predict_parser.add_argument("--device", default="cpu")
+    predict_parser.add_argument(
+        "--task",
+        choices=TASKS,
+        help="ignored: the task is read from the model directory (dep reads and writes CoNLL-U)",
+    )
     handlers = {
         "train": (train_parser, _run_train),
         "distill": (distill_parser, _run_distill),

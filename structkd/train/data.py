@@ -250,7 +250,8 @@ class Part:
     def __post_init__(self) -> None:
         if not self.items:
             raise ValueError(f"part of {self.source!r} has no sentences")
-        if self.labeled and any(sentence.tags is None for _, sentence in self.items):
+        # NER sentences carry ``tags`` (None when unlabeled); dependency trees are always labeled
+        if self.labeled and any(getattr(s, "tags", ()) is None for _, s in self.items):
             raise ValueError(f"labeled part of {self.source!r} has sentences without tags")
 
 

@@ -331,23 +331,26 @@ class TaggerModule(pl.LightningModule):
 
 
 class BestModelSaver(pl.Callback):
-    """After every validation, if dev F1 beats the best so far (ties keep the earlier epoch),
-    call ``save(tagger)`` on the global-zero process; remembers ``best_f1``, ``best_epoch`` and
-    ``best_scores``."""
+    """After every validation, if the dev score ``metric`` (F1 for NER, LAS for parsing) beats
+    the best so far (ties keep the earlier epoch), call ``save(model)`` on the global-zero process
+    (the module's ``tagger``, or its ``model``); remembers ``best_f1`` (the best value of
+    ``metric``), ``best_epoch`` and ``best_scores``."""
 
-    def __init__(self, save: Callable[[Tagger], Any]):
+    def __init__(self, save: Callable[[Any], Any], metric: str = "f1"):
         self.save = save
+        self.metric = metric
         self.best_f1 = -1.0
         self.best_epoch: int | None = None
         self.best_scores: dict[str, Any] | None = None
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: TaggerModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or pl_module.dev_scores is None:
             return
-        f1 = float(pl_module.dev_scores["f1"])
-        if f1 > self.best_f1:
-            self.best_f1 = f1
+        score = float(pl_module.dev_scores[self.metric])
+        if score > self.best_f1:
+            self.best_f1 = score
             self.best_epoch = trainer.current_epoch
             self.best_scores = pl_module.dev_scores
             if trainer.is_global_zero:
-                self.save(pl_module.tagger)
+                model = getattr(pl_module, "tagger", None)
+                self.save(model if model is not None else pl_module.model)
