@@ -308,6 +308,7 @@ class BiaffineParser(nn.Module):
         if not vocab.relations:
             raise ValueError("vocab.relations is empty: a parser needs at least one relation")
         self.config = config
+        self.vocab = vocab
         self.mode = config.mode
         self.n_relations = len(vocab.relations)
         self.encoder = DepWordEncoder(vocab, config.encoder)

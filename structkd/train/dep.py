@@ -199,9 +199,7 @@ def _build_model(
     arch: str, config: Any, vocab: DepVocab, scheme: DepLabelScheme | None
 ) -> torch.nn.Module:
     if _architecture(arch)["kind"] == "parser":
-        parser = BiaffineParser(vocab, config)
-        parser.vocab = vocab  # what save_dep_model and the collators read
-        return parser
+        return BiaffineParser(vocab, config)
     assert scheme is not None
     return SequenceLabelingParser(vocab, scheme, config)
 
