@@ -332,9 +332,9 @@ def evaluate_dep_model(
     device: str = "cpu",
     include_punct: bool = False,
 ) -> dict[str, Any]:
-    """UAS, LAS (percent; punctuation excluded unless ``include_punct``), the rate of well-formed
-    trees before repair, and ``sentences_per_second`` over collation, scoring and decoding of
-    length-sorted batches."""
+    """UAS, LAS (fractions in ``[0, 1]``; punctuation excluded unless ``include_punct``), the rate
+    of well-formed trees before repair, and ``sentences_per_second`` over collation, scoring and
+    decoding of length-sorted batches."""
     collator = DepCollator(model.vocab, _scheme_of(model), labeled=True)
     counts = torch.zeros(3, dtype=torch.long)
     well_formed = 0
@@ -441,7 +441,9 @@ def ensure_dep_targets(
         probs = RaggedArray.create(scratch, "probs", lengths, (scheme.n_labels,), "float32")
         lost = RaggedArray.create(scratch, "lost_mass", lengths, (1,), "float32")
         lost_total = 0.0
-        with torch.inference_mode():
+        # no_grad, not inference_mode: some teachers' marginals are gradients of log Z
+        # (autograd through the inside pass, e.g. the exact second-order sibling CRF)
+        with torch.no_grad():
             for indices in _length_sorted(source.lengths, batch_size):
                 batch = collator([(index, source.sentences[index]) for index in indices])
                 batch = batch.to(device)

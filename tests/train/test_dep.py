@@ -270,3 +270,21 @@ def test_a_malformed_tree_names_file_and_line(tmp_path):
     bad.write_text("1\ta\ta\tNOUN\t_\t_\t2\tnsubj\t_\t_\n2\tb\tb\tVERB\t_\t_\t1\troot\t_\t_\n\n")
     with pytest.raises(ValueError, match=r"bad\.conllu"):
         load_dep_source(str(bad))
+
+
+@pytest.mark.parametrize("arch", ["parser-sibling-exact", "parser-mean-field"])
+def test_second_order_teachers_give_targets(treebank, tmp_path, arch):
+    """The exact sibling CRF's marginals are gradients of log Z: building the cache must not run
+    under inference mode (a regression: it raised 'does not require grad')."""
+    from structkd.data.dep_encodings import DepLabelScheme
+
+    model_dir = train(TrainOptions(**_options(treebank, tmp_path, arch, "teacher", epochs=1)))[
+        "model_dir"
+    ]
+    source = load_dep_source(str(treebank["train"]))
+    scheme = DepLabelScheme.from_sentences(source.sentences, encoding="pos")
+    directory, built = ensure_dep_targets(
+        model_dir, source, scheme, method="struct", temperature=2.0, cache_dir=tmp_path / "c"
+    )
+    meta = json.loads((directory / "meta.json").read_text())
+    assert built and 0.0 <= meta["mean_lost_mass"] < 1.0
