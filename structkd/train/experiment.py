@@ -1,7 +1,9 @@
-"""``structkd experiment CONFIG``: a resumable grid of NER teachers and students, and its report.
+"""``structkd experiment CONFIG``: a resumable grid of teachers and students, and its report.
 
-A grid point is (case, method, seed, labeled fraction, temperature, temperature mode). The cases
-are those of DESIGN.md section 2 that a NER tagger can play:
+Two tasks (``[experiment] task``): ``ner`` (taggers on CoNLL column files; the default) and
+``dep`` (dependency parsers and sequence-labeling parsers on CoNLL-U treebanks). A grid point is
+(case, method, seed, labeled fraction, temperature, temperature mode). The built-in cases are
+those of DESIGN.md section 2 that a NER tagger can play:
 
 * ``1a``: CRF teacher -> CRF student (structural KD: pairwise marginals by forward-backward);
 * ``2a``: CRF teacher -> softmax student (unary marginals);
@@ -13,6 +15,18 @@ are those of DESIGN.md section 2 that a NER tagger can play:
 The methods: ``none`` (the student on gold tags only), ``token`` (Token KD), ``struct``
 (structural KD), ``topk`` / ``topwk`` (the teacher's k best structures, uniform / weighted) and
 ``posterior`` (KL between token marginals). Teacher rows are reported with method ``teacher``.
+
+**Dependency parsing** (``task = "dep"``, see ``experiments/dep.toml``) has no built-in cases: the
+config's ``[cases]`` name them (``"1b-hs" = { teacher = "head-selection", student = "offset" }``),
+teachers are ``parser-*`` architectures and students ``student-dep-*`` ones
+(``structkd.train.dep.DEP_ARCHITECTURES``). Its methods are ``none``, ``token`` (per-word KL to the
+teacher's local head and relation softmax) and ``struct`` (the teacher's tree marginals on the
+student's labels), on all of the labeled trees (``labeled_fractions = [1.0]``) with a global
+temperature; other methods, fractions and modes are config errors. ``arch_overrides`` name
+``DepEncoderConfig`` fields (``[defaults]``: these only, as they reach every model),
+``ParserConfig`` fields (teachers) or ``DepTaggerConfig`` fields (students). Its rows hold
+``uas``, ``las`` and ``well_formed_rate`` (fractions in ``[0, 1]``; punctuation excluded) in
+place of NER's ``precision``, ``recall`` and ``f1``.
 
 **Teachers are shared across student seeds** by default (``teacher_seeds = "shared"``): each
 teacher is trained once, with its own ``seed`` (default: the first seed of the grid), and every
@@ -36,7 +50,7 @@ The config is TOML (see ``experiments/ner.toml``)::
 
     [experiment]
     name = "ner-conll03"       # required
-    task = "ner"               # the only task so far
+    task = "ner"               # "ner" (default) or "dep"
     output_dir = "runs/ner"    # required; relative paths are relative to the working directory
     results = "results.jsonl"  # relative to output_dir (this is the default)
     report = "report.md"       # relative to output_dir (default); the plot is report.png
@@ -58,16 +72,17 @@ The config is TOML (see ``experiments/ner.toml``)::
     arch = "teacher-crf"
     [students.crf]
     arch = "student-crf"
-    [cases]                    # optional: the built-in cases use teachers crf, softmax, span
-    "1a" = { teacher = "crf", student = "crf" }   # and students crf, softmax, crf-unconstrained
+    [cases]                    # optional for ner: the built-in cases use teachers crf,
+    "1a" = { teacher = "crf", student = "crf" }   # softmax, span and students crf, softmax,
+                                                  # crf-unconstrained; required for dep
 
     [[grid]]                   # one or more blocks; the grid is the union of their products
     cases = ["1a", "2a"]
     methods = ["none", "token", "struct"]
     seeds = [1, 2, 3]
-    labeled_fractions = [1.0]  # default [1.0]
+    labeled_fractions = [1.0]  # default [1.0]; dep: [1.0] only
     temperatures = [1.0]       # default [1.0]; not used by method "none"
-    temperature_modes = ["global"]  # default ["global"]; struct only (baselines: global)
+    temperature_modes = ["global"]  # default ["global"]; struct only (baselines, dep: global)
     options = { k = 5 }        # optional: student options of this block only
 
 Option names are those of ``structkd.train.commands.TrainOptions`` (defaults, teachers) and
@@ -106,9 +121,12 @@ from typing import Any
 
 __all__ = [
     "CASES",
+    "DEP_METHODS",
     "KD_METHODS",
     "METHODS",
     "RESERVED_OPTIONS",
+    "TASKS",
+    "TASK_METRICS",
     "Case",
     "ConfigError",
     "ExperimentConfig",
@@ -132,10 +150,17 @@ __all__ = [
     "run_id_of",
 ]
 
-TASKS = ("ner",)
+TASKS = ("ner", "dep")
 METHODS = ("none", "token", "struct", "topk", "topwk", "posterior")
 """Student training methods: no KD, Token KD, structural KD, Top-K, Top-WK, Posterior KD."""
 KD_METHODS = tuple(method for method in METHODS if method != "none")
+DEP_METHODS = ("none", "token", "struct")
+"""The methods of ``task = "dep"`` (the training layer's ``DEP_KD_METHODS``)."""
+TASK_METRICS = {"ner": ("precision", "recall", "f1"), "dep": ("uas", "las")}
+"""The scores (fractions in ``[0, 1]``) a run function must return per split, by task; with
+``sentences_per_second``. A dep split may also hold ``well_formed_rate`` (a fraction)."""
+PRIMARY_METRIC = {"ner": "f1", "dep": "las"}
+"""The score logged as each run finishes (and the one the report compares methods on)."""
 TEMPERATURE_MODES = ("global", "local")
 TEACHER_SEEDS = ("shared", "per-seed")
 TEACHER_DATA = ("labeled", "full")
@@ -302,8 +327,9 @@ class Plan:
 RunFunction = Callable[[RunSpec, Path, Mapping[str, Path]], Mapping[str, Mapping[str, Any]]]
 """``run_function(run, run_dir, teacher_dirs) -> {split: metrics}``: train the model of ``run``
 into ``run_dir`` (the teachers' run directories by run id) and return its metrics per split
-(``"dev"``, ``"test"``), each with at least ``precision``, ``recall``, ``f1``,
-``sentences_per_second``."""
+(``"dev"``, ``"test"``), each with at least the task's ``TASK_METRICS`` (ner: ``precision``,
+``recall``, ``f1``; dep: ``uas``, ``las`` and optionally ``well_formed_rate``; fractions in
+``[0, 1]``) and ``sentences_per_second``."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,10 +385,13 @@ def option_names(kind: str) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(options)) - RESERVED_OPTIONS
 
 
-def _options(table: Mapping[str, Any], where: str, source: str, kind: str) -> dict[str, Any]:
+def _options(
+    table: Mapping[str, Any], where: str, source: str, kind: str, task: str = "ner"
+) -> dict[str, Any]:
     """Run options: JSON-able values named as fields of the training layer's options of ``kind``
     (``"teacher"``: ``TrainOptions``, ``"student"``: ``DistillOptions``, ``"both"``: fields of
-    both), none of them reserved for the runner."""
+    both), none of them reserved for the runner; ``arch_overrides`` name model config fields of
+    ``task`` (``_arch_fields``)."""
     allowed = option_names("teacher") if kind in ("teacher", "both") else option_names("student")
     for key, value in table.items():
         if key in RESERVED_OPTIONS:
@@ -383,19 +412,47 @@ def _options(table: Mapping[str, Any], where: str, source: str, kind: str) -> di
         except (TypeError, ValueError):
             raise _fail(source, f"{where}.{key}", f"must be JSON-able; got {value!r}") from None
         if key == "arch_overrides":
-            _check_arch_overrides(value, f"{where}.{key}", source)
+            _check_arch_overrides(value, f"{where}.{key}", source, *_arch_fields(task, kind))
     return dict(table)
 
 
-def _check_arch_overrides(value: Any, where: str, source: str) -> None:
-    if not isinstance(value, dict):
-        raise _fail(source, where, f"must be a table of TaggerConfig fields; got {value!r}")
-    from structkd.models.tagger import TaggerConfig
+def _arch_fields(task: str, kind: str) -> tuple[str, frozenset[str]]:
+    """What ``arch_overrides`` may change: a description and the field names.
 
-    known = {f.name for f in dataclasses.fields(TaggerConfig)}
+    ner: ``TaggerConfig`` fields. dep: the word encoder's (``DepEncoderConfig``) fields, plus
+    ``ParserConfig`` fields for a teacher or ``DepTaggerConfig`` fields for a student; the
+    ``[defaults]`` (``kind = "both"``), which reach every model, the encoder's only.
+    """
+    if task != "dep":
+        from structkd.models.tagger import TaggerConfig
+
+        return "TaggerConfig", frozenset(f.name for f in dataclasses.fields(TaggerConfig))
+    from structkd.models.dep_encoder import DepEncoderConfig
+
+    encoder = frozenset(f.name for f in dataclasses.fields(DepEncoderConfig))
+    if kind == "teacher":
+        from structkd.models.parser import ParserConfig
+
+        top = {f.name for f in dataclasses.fields(ParserConfig)} - {"mode", "encoder"}
+        return "ParserConfig or DepEncoderConfig", encoder | top
+    if kind == "student":
+        from structkd.models.dep_tagger import DepTaggerConfig
+
+        top = {f.name for f in dataclasses.fields(DepTaggerConfig)} - {"encoder"}
+        return "DepTaggerConfig or DepEncoderConfig", encoder | top
+    return "DepEncoderConfig (the [defaults] reach teachers and students)", encoder
+
+
+def _check_arch_overrides(
+    value: Any, where: str, source: str, description: str, known: frozenset[str]
+) -> None:
+    if not isinstance(value, dict):
+        raise _fail(source, where, f"must be a table of {description} fields; got {value!r}")
     unknown = sorted(set(value) - known)
     if unknown:
-        raise _fail(source, where, f"unknown TaggerConfig fields {unknown}; known: {sorted(known)}")
+        raise _fail(
+            source, where, f"unknown {description} fields {unknown}; known: {sorted(known)}"
+        )
 
 
 def _nonempty_list(table, key, where, source, default=None) -> list[Any]:
@@ -415,7 +472,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _model_specs(raw: Mapping[str, Any], kind: str, source: str) -> dict[str, ModelSpec]:
+def _model_specs(
+    raw: Mapping[str, Any], kind: str, source: str, task: str = "ner"
+) -> dict[str, ModelSpec]:
     table = _table(raw, kind, source, required=True)
     if not table:
         raise _fail(source, kind, "needs at least one entry")
@@ -432,11 +491,15 @@ def _model_specs(raw: Mapping[str, Any], kind: str, source: str) -> dict[str, Mo
             raise _fail(source, f"{where}.seed", "student seeds come from the grid's seeds")
         options = {key: value for key, value in entry.items() if key not in ("arch", "seed")}
         role = "teacher" if kind == "teachers" else "student"
-        specs[name] = ModelSpec(name, arch, _options(options, where, source, role), seed)
+        specs[name] = ModelSpec(name, arch, _options(options, where, source, role, task), seed)
     return specs
 
 
-def _grid_block(entry: Any, index: int, cases: Mapping[str, Case], source: str) -> GridBlock:
+def _grid_block(
+    entry: Any, index: int, cases: Mapping[str, Case], source: str, task: str = "ner"
+) -> GridBlock:
+    """One ``[[grid]]`` block, validated; for ``task = "dep"`` only the methods
+    ``DEP_METHODS``, labeled fraction 1 and the global temperature mode."""
     where = f"grid[{index}]"
     if not isinstance(entry, dict):
         raise _fail(source, where, f"must be a table; got {type(entry).__name__}")
@@ -454,12 +517,21 @@ def _grid_block(entry: Any, index: int, cases: Mapping[str, Case], source: str) 
     block_cases = _nonempty_list(entry, "cases", where, source)
     for case in block_cases:
         if case not in cases:
-            raise _fail(source, f"{where}.cases", f"unknown case {case!r}; known: {sorted(cases)}")
+            hint = " (task 'dep' has no built-in cases: define them in [cases])" * (task == "dep")
+            raise _fail(
+                source, f"{where}.cases", f"unknown case {case!r}; known: {sorted(cases)}{hint}"
+            )
     methods = _nonempty_list(entry, "methods", where, source)
     for method in methods:
         if method not in METHODS:
             raise _fail(
                 source, f"{where}.methods", f"unknown method {method!r}; known: {list(METHODS)}"
+            )
+        if task == "dep" and method not in DEP_METHODS:
+            raise _fail(
+                source,
+                f"{where}.methods",
+                f"method {method!r} is not defined for task 'dep'; use {list(DEP_METHODS)}",
             )
     seeds = _nonempty_list(entry, "seeds", where, source)
     for seed in seeds:
@@ -472,6 +544,13 @@ def _grid_block(entry: Any, index: int, cases: Mapping[str, Case], source: str) 
                 source,
                 f"{where}.labeled_fractions",
                 f"fractions must be numbers in (0, 1]; got {fraction!r}",
+            )
+        if task == "dep" and fraction != 1:
+            raise _fail(
+                source,
+                f"{where}.labeled_fractions",
+                f"task 'dep' distills on the labeled training trees only: use [1.0]; got "
+                f"{fraction!r}",
             )
     temperatures = _nonempty_list(entry, "temperatures", where, source, [1.0])
     for temperature in temperatures:
@@ -489,6 +568,12 @@ def _grid_block(entry: Any, index: int, cases: Mapping[str, Case], source: str) 
                 f"{where}.temperature_modes",
                 f"unknown mode {mode!r}; known: {list(TEMPERATURE_MODES)}",
             )
+        if task == "dep" and mode != "global":
+            raise _fail(
+                source,
+                f"{where}.temperature_modes",
+                f"task 'dep' tempers globally only: use ['global']; got {mode!r}",
+            )
     options = entry.get("options", {})
     if not isinstance(options, dict):
         raise _fail(source, f"{where}.options", f"must be a table; got {options!r}")
@@ -502,7 +587,7 @@ def _grid_block(entry: Any, index: int, cases: Mapping[str, Case], source: str) 
         labeled_fractions=tuple(float(fraction) for fraction in fractions),
         temperatures=tuple(float(temperature) for temperature in temperatures),
         temperature_modes=tuple(modes),
-        options=_options(options, f"{where}.options", source, "student"),
+        options=_options(options, f"{where}.options", source, "student", task),
         name=name,
     )
 
@@ -556,11 +641,11 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "<config>") -> Experim
     )
 
     defaults_table = _table(raw, "defaults", source, required=False)
-    defaults = _options(defaults_table, "defaults", source, "both")
-    teachers = _model_specs(raw, "teachers", source)
-    students = _model_specs(raw, "students", source)
+    defaults = _options(defaults_table, "defaults", source, "both", task)
+    teachers = _model_specs(raw, "teachers", source, task)
+    students = _model_specs(raw, "students", source, task)
 
-    cases = dict(CASES)
+    cases = dict(CASES) if task == "ner" else {}
     for case_name, entry in _table(raw, "cases", source, required=False).items():
         where = f"cases.{case_name}"
         if not isinstance(entry, dict):
@@ -576,7 +661,9 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "<config>") -> Experim
     blocks = raw.get("grid")
     if not isinstance(blocks, list) or not blocks:
         raise _fail(source, "grid", "needs at least one [[grid]] block")
-    grid = tuple(_grid_block(entry, index, cases, source) for index, entry in enumerate(blocks))
+    grid = tuple(
+        _grid_block(entry, index, cases, source, task) for index, entry in enumerate(blocks)
+    )
     for block_index, block in enumerate(grid):
         for case_name in block.cases:
             case = cases[case_name]
@@ -902,20 +989,38 @@ def _write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+def _task_of(run: RunSpec) -> str:
+    return str(run.options.get("task", "ner"))
+
+
 def _check_metrics(metrics: Any, run: RunSpec) -> dict[str, dict[str, Any]]:
+    """The run function's ``{split: metrics}``, checked: every split of ``SPLITS``, with the
+    task's ``TASK_METRICS`` (finite numbers; dep's ``uas``, ``las`` and ``well_formed_rate``, if
+    given, in ``[0, 1]``: a percentage is an error, not a score) and ``sentences_per_second``."""
     if not isinstance(metrics, Mapping):
         raise ValueError(f"run {run.run_id}: the run function must return a dict of splits")
+    task = _task_of(run)
     checked = {}
     for split in SPLITS:
         if split not in metrics:
             raise ValueError(f"run {run.run_id}: the run function returned no {split!r} metrics")
         values = dict(metrics[split])
-        for key in ("precision", "recall", "f1", "sentences_per_second"):
+        for key in (*TASK_METRICS[task], "sentences_per_second"):
             if not _is_number(values.get(key)):
                 raise ValueError(
                     f"run {run.run_id}: {split} metric {key!r} must be a finite number; "
                     f"got {values.get(key)!r}"
                 )
+        if task == "dep":
+            for key in ("uas", "las", "well_formed_rate"):
+                value = values.get(key)
+                if key == "well_formed_rate" and value is None:
+                    continue
+                if not _is_number(value) or not 0 <= value <= 1:
+                    raise ValueError(
+                        f"run {run.run_id}: {split} metric {key!r} must be a fraction in "
+                        f"[0, 1]; got {value!r}"
+                    )
         checked[split] = values
     return checked
 
@@ -992,7 +1097,9 @@ class TrainingLayerRun:
     ``distill`` (``method = "none"`` included, so every student takes the same path). The model
     goes to ``<run_dir>/model``; teacher outputs and transformer features are cached under
     ``cache_dir``, shared by every run. Progress bars are off unless an option turns them on. The
-    training layer has no resumable checkpoints, so an interrupted run starts over.
+    training layer has no resumable checkpoints, so an interrupted run starts over. A dep student
+    gets no ``labeled_fraction`` (the grid allows 1 only; ``distill --task dep`` takes the
+    default, ``None``).
     """
 
     cache_dir: Path
@@ -1015,7 +1122,11 @@ class TrainingLayerRun:
             options["teachers"] = [
                 os.fspath(teacher_dirs[teacher] / MODEL_DIR) for teacher in spec.teacher_ids
             ]
-            options["labeled_fraction"] = None if fraction == 1 else fraction
+            if options.get("task") == "dep":
+                if fraction != 1:
+                    raise ValueError(f"task 'dep' needs labeled_fraction 1; got {fraction!r}")
+            else:
+                options["labeled_fraction"] = None if fraction == 1 else fraction
         (run_dir / COMMAND_FILE).write_text(cli_command(spec.kind, options) + "\n")
         if spec.kind == "teacher":
             metrics = train(TrainOptions(**options))
@@ -1133,7 +1244,9 @@ class _Runner:
         _write_json_atomic(run.directory(self.config) / METRICS_FILE, record)
         self.outcome.trained.append(run.run_id)
         self.finished.add(run.run_id)
-        self.log(f"{self.tag(run)}: done in {seconds:.0f} s, test F1 {checked['test']['f1']:.4f}")
+        metric = PRIMARY_METRIC[_task_of(run)]
+        score = checked["test"][metric]
+        self.log(f"{self.tag(run)}: done in {seconds:.0f} s, test {metric.upper()} {score:.4f}")
         self.write_rows(run, record)
 
     def failed(self, run: RunSpec, error: BaseException) -> None:
@@ -1265,14 +1378,26 @@ def _run_in_parallel(
 def _result_row(
     run: RunSpec, labels: Mapping[str, Any], split: str, record: Mapping[str, Any]
 ) -> dict[str, Any]:
+    """One results line: ``labels``, the split's scores (ner: ``precision``, ``recall``, ``f1``
+    and ``per_type``; dep: ``uas``, ``las``, ``well_formed_rate``), speed and provenance."""
     metrics = record["splits"][split]
     hardware = record.get("hardware") or {}
+    if _task_of(run) == "dep":
+        scores = {
+            "uas": metrics["uas"],
+            "las": metrics["las"],
+            "well_formed_rate": metrics.get("well_formed_rate"),
+        }
+    else:
+        scores = {
+            "precision": metrics["precision"],
+            "recall": metrics["recall"],
+            "f1": metrics["f1"],
+        }
     row = {
         **labels,
         "split": split,
-        "precision": metrics["precision"],
-        "recall": metrics["recall"],
-        "f1": metrics["f1"],
+        **scores,
         "sentences_per_second": metrics["sentences_per_second"],
         "commit": record.get("commit", "unknown"),
         "run_id": run.run_id,
@@ -1285,7 +1410,7 @@ def _result_row(
         "jobs": record.get("jobs", 1),
         "command": record.get("command"),
     }
-    if "per_type" in metrics:
+    if "per_type" in metrics and _task_of(run) != "dep":
         row["per_type"] = metrics["per_type"]
     return row
 

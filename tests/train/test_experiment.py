@@ -569,3 +569,299 @@ def check_equivalent_commands(config, plan) -> None:
             assert dataclasses.asdict(captured[-1]) == used
     finally:
         commands.train, commands.distill = saved
+
+
+# ---------------------------------------------------------------------------------------------
+# Dependency parsing (task "dep"): validation, plan, rows (fake run functions; no training)
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def dep_config(tmp_path: Path, **changes: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "experiment": {"name": "dep unit", "task": "dep", "output_dir": str(tmp_path / "out")},
+        "data": {"train": "twt-tr:train", "dev": "twt-tr:dev", "test": "twt-tr:test"},
+        "defaults": {"epochs": 2, "arch_overrides": {"lstm_hidden": 16}},
+        "teachers": {
+            "head-selection": {"arch": "parser-head-selection", "arch_overrides": {"arc_dim": 8}},
+            "matrix-tree": {"arch": "parser-matrix-tree"},
+        },
+        "students": {
+            "offset": {"arch": "student-dep-offset", "arch_overrides": {"hidden_dim": 4}},
+            "pos": {"arch": "student-dep-pos"},
+        },
+        "cases": {
+            "1b-hs": {"teacher": "head-selection", "student": "offset"},
+            "1b-mtt": {"teacher": "matrix-tree", "student": "offset"},
+            "best-pos": {"teacher": "matrix-tree", "student": "pos"},
+        },
+        "grid": [
+            {"cases": ["1b-hs", "1b-mtt"], "methods": ["none", "token", "struct"], "seeds": [1, 2]},
+            {"cases": ["best-pos"], "methods": ["none", "struct"], "seeds": [1, 2]},
+        ],
+    }
+    raw.update(changes)
+    return raw
+
+
+def test_dep_config_parses_and_plans(tmp_path: Path) -> None:
+    config = parse_config(dep_config(tmp_path))
+    assert config.task == "dep" and config.dataset == "twt-tr"
+    assert sorted(config.cases) == ["1b-hs", "1b-mtt", "best-pos"]  # no built-in NER cases
+    plan = plan_experiment(config)
+    teachers = [run for run in plan.runs if run.kind == "teacher"]
+    assert sorted(run.options["arch"] for run in teachers) == [
+        "parser-head-selection",
+        "parser-matrix-tree",
+    ]
+    # per seed: one offset no-KD student (both offset cases), 2 x 2 KD offset students, and the
+    # PoS student without KD and with structural KD
+    students = [run for run in plan.runs if run.kind == "student"]
+    assert len(students) == 2 * (1 + 4 + 2)
+    assert {run.options["task"] for run in plan.runs} == {"dep"}
+    assert {run.options["labeled_fraction"] for run in plan.runs} == {1.0}
+    offset_none = [r for r in students if r.label.startswith("student-offset-none")]
+    assert len(offset_none) == 2
+    for run in offset_none:
+        assert sorted(labels["case"] for labels in plan.rows[run.run_id]) == ["1b-hs", "1b-mtt"]
+    # arch_overrides merge: the encoder size of the defaults with each model's own fields
+    hs = next(r for r in teachers if r.options["arch"] == "parser-head-selection")
+    assert hs.options["arch_overrides"] == {"lstm_hidden": 16, "arc_dim": 8}
+    offset = offset_none[0]
+    assert offset.options["arch_overrides"] == {"lstm_hidden": 16, "hidden_dim": 4}
+    # the matrix-tree teacher is shared by cases 1b-mtt and best-pos
+    mtt = next(r for r in teachers if r.options["arch"] == "parser-matrix-tree")
+    assert sorted(labels["case"] for labels in plan.rows[mtt.run_id]) == ["1b-mtt", "best-pos"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda raw: raw["grid"][0].update(methods=["none", "topk"]),
+            "grid[0].methods: method 'topk' is not defined for task 'dep'",
+        ),
+        (
+            lambda raw: raw["grid"][1].update(methods=["posterior"]),
+            "grid[1].methods: method 'posterior' is not defined for task 'dep'",
+        ),
+        (
+            lambda raw: raw["grid"][0].update(labeled_fractions=[1.0, 0.1]),
+            "grid[0].labeled_fractions: task 'dep' distills on the labeled training trees only",
+        ),
+        (
+            lambda raw: raw["grid"][1].update(temperature_modes=["global", "local"]),
+            "grid[1].temperature_modes: task 'dep' tempers globally only",
+        ),
+        (
+            lambda raw: raw.pop("cases"),
+            "grid[0].cases: unknown case '1b-hs'; known: [] (task 'dep' has no built-in cases",
+        ),
+        (
+            lambda raw: raw["grid"][0].update(cases=["1a"]),
+            "grid[0].cases: unknown case '1a'",
+        ),
+        (
+            lambda raw: raw["defaults"].update(arch_overrides={"arc_dim": 8}),
+            "defaults.arch_overrides: unknown DepEncoderConfig (the [defaults] reach teachers "
+            "and students) fields ['arc_dim']",
+        ),
+        (
+            lambda raw: raw["students"]["pos"].update(arch_overrides={"arc_dim": 8}),
+            "students.pos.arch_overrides: unknown DepTaggerConfig or DepEncoderConfig fields",
+        ),
+        (
+            lambda raw: raw["teachers"]["matrix-tree"].update(arch_overrides={"hidden_dim": 8}),
+            "teachers.matrix-tree.arch_overrides: unknown ParserConfig or DepEncoderConfig",
+        ),
+        (
+            lambda raw: raw["teachers"]["matrix-tree"].update(arch_overrides={"mode": "x"}),
+            "teachers.matrix-tree.arch_overrides: unknown ParserConfig",
+        ),
+        (
+            lambda raw: raw["grid"][0].update(options={"arch_overrides": {"glove": False}}),
+            "grid[0].options.arch_overrides: unknown DepTaggerConfig",
+        ),
+        (
+            lambda raw: raw["experiment"].update(task="pos"),
+            "experiment.task: must be one of ['ner', 'dep']",
+        ),
+    ],
+)
+def test_invalid_dep_configs_name_the_key(tmp_path: Path, mutate, message: str) -> None:
+    raw = dep_config(tmp_path)
+    mutate(raw)
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, source="dep.toml")
+    assert message in str(error.value)
+    assert str(error.value).startswith("dep.toml: ")
+
+
+def test_ner_keeps_its_methods_and_tagger_overrides(tmp_path: Path) -> None:
+    """The dep restrictions do not reach NER configs (nor do dep model fields)."""
+    raw = base_config(tmp_path)
+    raw["grid"][0].update(methods=["posterior"], labeled_fractions=[0.5])
+    raw["grid"][0]["temperature_modes"] = ["local"]
+    parse_config(raw)
+    raw["defaults"]["arch_overrides"] = {"upos_dim": 3}
+    with pytest.raises(ConfigError, match="unknown TaggerConfig fields \\['upos_dim'\\]"):
+        parse_config(raw)
+
+
+def test_the_dep_experiment_configs_are_valid() -> None:
+    config = load_config(EXPERIMENTS / "dep.toml")
+    plan = plan_experiment(config)
+    assert config.task == "dep" and config.defaults["num_threads"] == 1
+    teachers = [run for run in plan.runs if run.kind == "teacher"]
+    assert sorted(run.options["arch"] for run in teachers) == [
+        "parser-head-selection",
+        "parser-matrix-tree",
+        "parser-mean-field",
+        "parser-projective",
+        "parser-sibling-exact",
+    ]
+    assert {run.options["seed"] for run in teachers} == {1}  # shared across student seeds
+    # offset: no KD (3 seeds, one run for all five cases), Token and structural KD from each of
+    # the 5 teachers; PoS: no KD and structural KD
+    assert len(plan.runs) == 5 + 3 + 5 * 2 * 3 + 2 * 3
+    assert {labels["seed"] for rows in plan.rows.values() for labels in rows} == {1, 2, 3}
+    demo = load_config(EXPERIMENTS / "dep-demo.toml")
+    demo_plan = plan_experiment(demo)
+    assert demo.task == "dep" and demo.defaults["max_train_sentences"] == 300
+    assert len(demo_plan.runs) == 2 + 1 + 2 * 2 + 2
+
+
+def fake_dep_run_function(percent: bool = False):
+    """Dep metrics derived from the run id (``percent``: UAS/LAS in percent, which is wrong)."""
+    calls: list[str] = []
+
+    def run(spec, run_dir: Path, teacher_dirs) -> dict[str, dict[str, float]]:
+        calls.append(spec.run_id)
+        for teacher_id, teacher_dir in teacher_dirs.items():
+            assert (teacher_dir / "model.txt").read_text() == teacher_id
+        (run_dir / "model.txt").write_text(spec.run_id)
+        uas = int(spec.run_id[:4], 16) / 65535
+        scale = 100.0 if percent else 1.0
+        well_formed = 1.0 if spec.kind == "teacher" else 0.9
+        return {
+            split: {
+                "uas": scale * uas,
+                "las": scale * uas * 0.8,
+                "well_formed_rate": well_formed,
+                "words": 100,
+                "sentences_per_second": 50.0,
+            }
+            for split in ("dev", "test")
+        }
+
+    run.calls = calls  # type: ignore[attr-defined]
+    return run
+
+
+def test_dep_rows_resume_and_report(tmp_path: Path) -> None:
+    from structkd.train.report import write_report
+
+    config = parse_config(dep_config(tmp_path))
+    plan = plan_experiment(config)
+    messages: list[str] = []
+    crashing = fake_run_function(fail_on_call=4)  # NER metrics: refused, not written
+
+    def crash_or_dep(spec, run_dir, teacher_dirs):
+        if len(crashing.calls) == 3:
+            return crashing(spec, run_dir, teacher_dirs)  # the 4th call raises
+        crashing.calls.append(spec.run_id)
+        return fake_dep_run_function()(spec, run_dir, teacher_dirs)
+
+    with pytest.raises(Interrupted):
+        run_experiment(config, crash_or_dep, log=messages.append, command="c")
+    assert any("test LAS" in message for message in messages)
+    resumed = fake_dep_run_function()
+    outcome = run_experiment(config, resumed, log=messages.append, command="c")
+    assert len(resumed.calls) == len(plan.runs) - 3 and len(outcome.finished_before) == 3
+    rows = result_lines(config.results_path)
+    assert len(rows) == 2 * sum(len(labels) for labels in plan.rows.values())
+    assert len({(r["run_id"], r["case"], r["split"]) for r in rows}) == len(rows)
+    for row in rows:
+        assert {"uas", "las", "well_formed_rate", "sentences_per_second"} <= set(row)
+        assert not {"precision", "recall", "f1", "per_type"} & set(row)
+        assert row["task"] == "dep" and row["dataset"] == "twt-tr"
+        assert row["las"] == pytest.approx(0.8 * row["uas"])
+        assert row["well_formed_rate"] == (1.0 if row["method"] == "teacher" else 0.9)
+    report, plot = write_report(config.results_path, config.report_path)
+    text = report.read_text(encoding="utf-8")
+    assert "## dep: twt-tr" in text and "| test UAS | test LAS | dev LAS |" in text
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_dep_metrics_must_be_fractions(tmp_path: Path) -> None:
+    config = parse_config(dep_config(tmp_path))
+    quiet = dict(log=lambda message: None, command="c")
+    with pytest.raises(ValueError, match="'uas' must be a fraction in \\[0, 1\\]; got"):
+        run_experiment(config, fake_dep_run_function(percent=True), **quiet)
+
+    def ner_metrics(spec, run_dir, teacher_dirs):
+        score = {"precision": 0.5, "recall": 0.5, "f1": 0.5, "sentences_per_second": 1.0}
+        return {"dev": score, "test": score}
+
+    shutil.rmtree(config.output_dir)
+    with pytest.raises(ValueError, match="dev metric 'uas' must be a finite number; got None"):
+        run_experiment(config, ner_metrics, **quiet)
+    assert not config.results_path.exists()
+
+
+def test_training_layer_run_passes_dep_options(tmp_path: Path, monkeypatch) -> None:
+    """``TrainingLayerRun`` on a dep plan: ``task="dep"`` reaches train/distill, a student gets
+    its teacher's model directory and no ``labeled_fraction`` keyword."""
+    from structkd.train import commands
+    from structkd.train.experiment import TrainingLayerRun
+
+    made: list[tuple[str, dict[str, Any]]] = []
+    real_train_options, real_distill_options = commands.TrainOptions, commands.DistillOptions
+
+    def recording(kind, real):
+        def make(**kwargs):
+            made.append((kind, kwargs))
+            return real(**kwargs)
+
+        return make
+
+    score = {"uas": 0.5, "las": 0.4, "well_formed_rate": 1.0, "sentences_per_second": 1.0}
+    passed: list[Any] = []  # the options objects train and distill receive
+
+    def fake_training(options):
+        passed.append(options)
+        return {"dev": score, "test": score}
+
+    config = parse_config(dep_config(tmp_path))  # (reads the real options classes)
+    plan = plan_experiment(config)
+    monkeypatch.setattr(commands, "TrainOptions", recording("train", real_train_options))
+    monkeypatch.setattr(commands, "DistillOptions", recording("distill", real_distill_options))
+    monkeypatch.setattr(commands, "train", fake_training)
+    monkeypatch.setattr(commands, "distill", fake_training)
+    outcome = run_experiment(
+        config, TrainingLayerRun(config.cache_dir), log=lambda message: None, command="c"
+    )
+    assert len(outcome.trained) == len(plan.runs) == len(made) == len(passed)
+    for (kind, kwargs), run in zip(made, plan.runs, strict=True):
+        assert kind == ("train" if run.kind == "teacher" else "distill")
+        assert kwargs["task"] == "dep" and kwargs["arch"] == run.options["arch"]
+        assert "labeled_fraction" not in kwargs
+        if run.kind == "student":
+            expected = [str(plan.run(t).directory(config) / "model") for t in run.teacher_ids]
+            assert kwargs["teachers"] == expected
+            assert kwargs["method"] == run.options["method"]
+        command = (run.directory(config) / "command.sh").read_text(encoding="utf-8")
+        assert "--task dep" in command and "--labeled-fraction" not in command
+    # each command.sh, run through the real CLI, gives the options the run used
+    import dataclasses
+    import shlex
+
+    from structkd.cli import build_parser
+
+    used = list(passed)
+    for run, options in zip(plan.runs, used, strict=True):
+        line = (run.directory(config) / "command.sh").read_text(encoding="utf-8").strip()
+        assert "python-only" not in line
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert args.handler(args) == 0
+        assert dataclasses.asdict(passed[-1]) == dataclasses.asdict(options)
