@@ -43,11 +43,13 @@ class DepEncoderConfig:
 class DepWordEncoder(nn.Module):
     """``DepBatch`` -> contextual word vectors ``[batch, seq_len, 2 * lstm_hidden]`` (0 at padding).
 
-    ``output_dim`` is ``2 * lstm_hidden``. ``root`` ``[output_dim]`` is a trained vector for the
-    root position that the parsers prepend (``with_root``).
+    ``output_dim`` is ``2 * lstm_hidden``. With ``root=True`` (the parsers), ``root``
+    ``[output_dim]`` is a trained vector for the root position that ``with_root`` prepends; a
+    model that never reads it (the sequence-labeling student) has none, so that every parameter
+    takes part in the loss (DDP requires it).
     """
 
-    def __init__(self, vocab: DepVocab, config: DepEncoderConfig):
+    def __init__(self, vocab: DepVocab, config: DepEncoderConfig, *, root: bool = False):
         super().__init__()
         self.config = config
         self.word_embedding = nn.Embedding(len(vocab.words), config.word_dim, padding_idx=0)
@@ -74,7 +76,7 @@ class DepWordEncoder(nn.Module):
         )
         self.output_dropout = nn.Dropout(config.dropout)
         self.output_dim = 2 * config.lstm_hidden
-        self.root = nn.Parameter(torch.randn(self.output_dim) * 0.1)
+        self.root = nn.Parameter(torch.randn(self.output_dim) * 0.1) if root else None
 
     def forward(self, batch: DepBatch) -> Tensor:
         """``[batch, seq_len, output_dim]``."""
@@ -94,6 +96,8 @@ class DepWordEncoder(nn.Module):
     def with_root(self, batch: DepBatch) -> Tensor:
         """``[batch, seq_len + 1, output_dim]``: the trained root vector at position 0, then the
         words (0 at padding)."""
+        if self.root is None:
+            raise ValueError("this encoder was built without a root vector (root=False)")
         words = self(batch)
         root = self.root.to(words.dtype).expand(words.shape[0], 1, -1)
         return torch.cat([root, words], dim=1)

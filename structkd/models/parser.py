@@ -311,7 +311,7 @@ class BiaffineParser(nn.Module):
         self.vocab = vocab
         self.mode = config.mode
         self.n_relations = len(vocab.relations)
-        self.encoder = DepWordEncoder(vocab, config.encoder)
+        self.encoder = DepWordEncoder(vocab, config.encoder, root=True)
         states = self.encoder.output_dim
         self.arc_scorer = _ArcScorer(states, config.arc_dim, config.dropout)
         self.relation_scorer = _RelationScorer(

@@ -288,3 +288,34 @@ def test_second_order_teachers_give_targets(treebank, tmp_path, arch):
     )
     meta = json.loads((directory / "meta.json").read_text())
     assert built and 0.0 <= meta["mean_lost_mass"] < 1.0
+
+
+@pytest.mark.ddp
+def test_dep_distillation_in_two_cpu_processes(treebank, tmp_path, teacher):
+    """DDP (gloo, 2 processes): shards of the batches, dev counts summed over ranks, so the dev
+    LAS seen in training is the whole dev set's."""
+    import os
+    import subprocess
+    import sys
+
+    tiny = [f"--arch-override={key}={value}" for key, value in TINY.items()]
+    command = [
+        sys.executable, "-m", "structkd", "distill", "--task", "dep",
+        "--arch", "student-dep-offset", "--teacher", teacher["model_dir"], "--method", "struct",
+        "--train", str(treebank["train"]), "--dev", str(treebank["dev"]),
+        "--out", str(tmp_path / "student"), "--cache-dir", str(tmp_path / "cache"), *tiny,
+        "--epochs", "2", "--batch-size", "7", "--no-early-stopping", "--no-progress",
+        "--num-threads", "1", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    environment.pop("MASTER_PORT", None)
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    # 42 sentences in batches of 7: 6 batches, 3 per rank and epoch
+    assert metrics["optimizer_steps"] == 6 and len(metrics["history"]) == 2
+    best = metrics["history"][metrics["best_epoch"]]
+    assert best["dev_las"] == pytest.approx(metrics["dev"]["las"])
