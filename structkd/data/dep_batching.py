@@ -102,13 +102,21 @@ class DepVocab:
         )
 
     def relation_ids(
-        self, relations: Sequence[str], sentence: DepSentence | None = None
+        self,
+        relations: Sequence[str],
+        sentence: DepSentence | None = None,
+        *,
+        unknown: int | None = None,
     ) -> list[int]:
-        """Indices of ``relations``; a relation not seen in training is an error naming the
-        sentence (a model cannot score it)."""
+        """Indices of ``relations``. A relation not seen in training gets ``unknown`` if given (an
+        index no prediction takes, e.g. ``-1``: evaluation scores it as a wrong label), else is
+        an error naming the sentence (a model cannot train on it)."""
         index = {rel: position for position, rel in enumerate(self.relations)}
         ids = []
         for word, rel in enumerate(relations, start=1):
+            if rel not in index and unknown is not None:
+                ids.append(unknown)
+                continue
             if rel not in index:
                 where = (
                     ""
@@ -191,6 +199,8 @@ class DepCollator:
         scheme: the student's label scheme (adds ``label_ids``, ``label_heads``,
             ``scheme_upos_ids``), or ``None``.
         labeled: put the gold trees in the batch (``heads``, ``rel_ids``, ``label_ids``).
+        strict_relations: a gold relation the vocabulary lacks is an error (training); with
+            ``False`` it gets ``rel_ids = -1``, which no prediction matches (evaluation).
         max_word_chars: characters kept per word (longer words are cut).
     """
 
@@ -200,11 +210,13 @@ class DepCollator:
         scheme: DepLabelScheme | None = None,
         *,
         labeled: bool = True,
+        strict_relations: bool = True,
         max_word_chars: int = 30,
     ):
         self.vocab = vocab
         self.scheme = scheme
         self.labeled = labeled
+        self.strict_relations = strict_relations
         self.max_word_chars = max_word_chars
 
     def __call__(self, items: Sequence[tuple[int, DepSentence]]) -> DepBatch:
@@ -248,7 +260,11 @@ class DepCollator:
                 n_words = len(sentence)
                 heads[row, 1 : n_words + 1] = torch.tensor(sentence.heads)
                 rel_ids[row, 1 : n_words + 1] = torch.tensor(
-                    vocab.relation_ids(sentence.relations, sentence)
+                    vocab.relation_ids(
+                        sentence.relations,
+                        sentence,
+                        unknown=None if self.strict_relations else -1,
+                    )
                 )
             result = replace(result, heads=heads, rel_ids=rel_ids)
         if self.scheme is not None:

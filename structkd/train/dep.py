@@ -335,7 +335,7 @@ def evaluate_dep_model(
     """UAS, LAS (fractions in ``[0, 1]``; punctuation excluded unless ``include_punct``), the rate
     of well-formed trees before repair, and ``sentences_per_second`` over collation, scoring and
     decoding of length-sorted batches."""
-    collator = DepCollator(model.vocab, _scheme_of(model), labeled=True)
+    collator = DepCollator(model.vocab, _scheme_of(model), labeled=True, strict_relations=False)
     counts = torch.zeros(3, dtype=torch.long)
     well_formed = 0
     was_training = model.training
@@ -690,10 +690,12 @@ def _fit_dep(
     from structkd.train.data import Part, StepCollator
 
     scheme = _scheme_of(model)
-    collator = DepCollator(model.vocab, scheme, labeled=True)
+    collators = {
+        "train": DepCollator(model.vocab, scheme, labeled=True),
+        "dev": DepCollator(model.vocab, scheme, labeled=True, strict_relations=False),
+    }
     train_parts = [Part("train", list(enumerate(train_source.sentences)), labeled=True)]
     dev_part = Part("dev", list(enumerate(dev.sentences)), labeled=True)
-    collators = {"train": collator, "dev": collator}
     datamodule = TaggerDataModule(
         train_parts,
         StepCollator(train_parts, collators, readers),

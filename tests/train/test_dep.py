@@ -319,3 +319,21 @@ def test_dep_distillation_in_two_cpu_processes(treebank, tmp_path, teacher):
     assert metrics["optimizer_steps"] == 6 and len(metrics["history"]) == 2
     best = metrics["history"][metrics["best_epoch"]]
     assert best["dev_las"] == pytest.approx(metrics["dev"]["las"])
+
+
+def test_evaluation_data_may_hold_a_relation_unseen_in_training(treebank, tmp_path, teacher):
+    """An unseen gold relation is scored as a wrong label (never a crash); training data with
+    one is an error naming the file and line."""
+    text = treebank["dev"].read_text(encoding="utf-8").replace("\tdet\t", "\tremnant\t")
+    other = tmp_path / "other.conllu"
+    other.write_text(text, encoding="utf-8")
+    result = evaluate(teacher["model_dir"], str(other))
+    same = evaluate(teacher["model_dir"], str(treebank["dev"]))
+    assert result["uas"] == pytest.approx(same["uas"])
+    assert result["las"] <= same["las"]  # the renamed words cannot be labeled right
+    from structkd.data.dep_batching import DepCollator
+
+    model, _ = load_dep_model(teacher["model_dir"])
+    sentences = load_dep_source(str(other)).sentences
+    with pytest.raises(ValueError, match=r"other\.conllu:\d+: relation 'remnant'"):
+        DepCollator(model.vocab)(list(enumerate(sentences)))
