@@ -333,13 +333,13 @@ class TaggerModule(pl.LightningModule):
 class BestModelSaver(pl.Callback):
     """After every validation, if the dev score ``metric`` (F1 for NER, LAS for parsing) beats
     the best so far (ties keep the earlier epoch), call ``save(model)`` on the global-zero process
-    (the module's ``tagger``, or its ``model``); remembers ``best_f1`` (the best value of
+    (the module's ``tagger``, or its ``model``); remembers ``best_score`` (the best value of
     ``metric``), ``best_epoch`` and ``best_scores``."""
 
     def __init__(self, save: Callable[[Any], Any], metric: str = "f1"):
         self.save = save
         self.metric = metric
-        self.best_f1 = -1.0
+        self.best_score = -1.0
         self.best_epoch: int | None = None
         self.best_scores: dict[str, Any] | None = None
 
@@ -347,8 +347,8 @@ class BestModelSaver(pl.Callback):
         if trainer.sanity_checking or pl_module.dev_scores is None:
             return
         score = float(pl_module.dev_scores[self.metric])
-        if score > self.best_f1:
-            self.best_f1 = score
+        if score > self.best_score:
+            self.best_score = score
             self.best_epoch = trainer.current_epoch
             self.best_scores = pl_module.dev_scores
             if trainer.is_global_zero:
