@@ -31,7 +31,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -68,7 +67,12 @@ from structkd.train.cache import (
     _new_entry,
 )
 from structkd.train.dep_metrics import attachment_counts, attachment_scores
-from structkd.train.module import BestModelSaver, KDSettings, TaggerDataModule
+from structkd.train.module import (
+    BestModelSaver,
+    KDSettings,
+    TaggerDataModule,
+    scheduled_kd_weight,
+)
 
 __all__ = [
     "DEP_ARCHITECTURES",
@@ -558,11 +562,8 @@ class ParserModule(pl.LightningModule):
         self._epoch_started = time.perf_counter()
 
     def kd_weight(self) -> float:
-        if self.kd is None:
-            return 0.0
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
-        total = int(total) if math.isfinite(total) else 1
-        return self.kd.weight(self.global_step, total)
+        """``lambda`` of the current optimizer step."""
+        return scheduled_kd_weight(self, self.kd)
 
     def step_losses(self, step: Any) -> dict[str, Tensor]:
         batch: DepBatch = step.tagging

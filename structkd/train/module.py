@@ -45,6 +45,7 @@ __all__ = [
     "TaggerModule",
     "kd_losses",
     "posterior_loss_from_targets",
+    "scheduled_kd_weight",
     "topk_loss_from_targets",
 ]
 
@@ -81,6 +82,16 @@ class KDSettings:
             return float(self.kd_weight)
         progress = min(1.0, step / (total_steps - 1))
         return float(self.kd_weight + (self.kd_weight_end - self.kd_weight) * progress)
+
+
+def scheduled_kd_weight(module: pl.LightningModule, kd: KDSettings | None) -> float:
+    """``lambda`` at ``module``'s current optimizer step under ``kd``'s schedule (0 without KD;
+    the total is the trainer's estimate of its optimizer steps)."""
+    if kd is None:
+        return 0.0
+    total = module.trainer.estimated_stepping_batches if module._trainer is not None else 1
+    total = int(total) if math.isfinite(total) else 1
+    return kd.weight(module.global_step, total)
 
 
 def topk_loss_from_targets(
@@ -254,11 +265,7 @@ class TaggerModule(pl.LightningModule):
 
     def kd_weight(self) -> float:
         """``lambda`` of the current optimizer step."""
-        if self.kd is None:
-            return 0.0
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
-        total = int(total) if math.isfinite(total) else 1
-        return self.kd.weight(self.global_step, total)
+        return scheduled_kd_weight(self, self.kd)
 
     def step_losses(self, batch: StepBatch) -> dict[str, Tensor]:
         """``loss`` (what is minimized) and its parts ``gold``, ``kd`` (scalars; absent when not
