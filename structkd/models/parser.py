@@ -60,12 +60,13 @@ from structkd.structures.base import NumericalError
 from structkd.structures.dependency import DependencyCRF, HeadSelection, is_tree
 from structkd.structures.second_order import Dependency2oCRF, mean_field_arcs
 
-__all__ = ["PARSER_MODES", "BiaffineParser", "ParserConfig", "ParserScores"]
+__all__ = ["PARSER_MODES", "PROJECTIVE_MODES", "BiaffineParser", "ParserConfig", "ParserScores"]
 
 PARSER_MODES = ("head-selection", "projective", "matrix-tree", "mean-field", "sibling-exact")
 """The parser's distributions over heads (see the module docstring)."""
 
-_PROJECTIVE_MODES = ("projective", "sibling-exact")
+PROJECTIVE_MODES = ("projective", "sibling-exact")
+"""The modes whose trees are projective: they train on projective trees only."""
 _SIBLING_MODES = ("mean-field", "sibling-exact")
 # A per-word loss below -tolerance is a bug (a negative cross-entropy), not float32 rounding.
 _NEGATIVE_LOSS_TOLERANCE = 1e-4
@@ -336,7 +337,7 @@ class BiaffineParser(nn.Module):
     @property
     def is_projective_mode(self) -> bool:
         """True for the modes whose trees are projective (``projective``, ``sibling-exact``)."""
-        return self.mode in _PROJECTIVE_MODES
+        return self.mode in PROJECTIVE_MODES
 
     def forward(self, batch: DepBatch) -> ParserScores:
         """Scores of ``batch`` (``B`` sentences, ``N = batch.max_len``): arcs ``[B, N+1, N+1]``,

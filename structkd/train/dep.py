@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from structkd.data.batching import length_sorted_batches
 from structkd.data.conllu_io import DepSentence, format_conllu, projective_subset, read_conllu
 from structkd.data.datasets import is_dataset_name, load_dataset
 from structkd.data.dep_batching import (
@@ -57,7 +58,7 @@ from structkd.data.dep_encodings import DepLabelScheme
 from structkd.distill.dep_bridges import label_marginals, local_head_probs
 from structkd.models.dep_encoder import DepEncoderConfig
 from structkd.models.dep_tagger import DepTaggerConfig, SequenceLabelingParser
-from structkd.models.parser import BiaffineParser, ParserConfig
+from structkd.models.parser import PROJECTIVE_MODES, BiaffineParser, ParserConfig
 from structkd.train.cache import (
     RaggedArray,
     _complete,
@@ -66,7 +67,7 @@ from structkd.train.cache import (
     _locked,
     _new_entry,
 )
-from structkd.train.dep_metrics import attachment_counts, attachment_scores
+from structkd.train.dep_metrics import attachment_counts, attachment_scores, scored_word_mask
 from structkd.train.module import (
     BestModelSaver,
     KDSettings,
@@ -316,18 +317,6 @@ def _predict_batch(model: torch.nn.Module, batch: DepBatch) -> tuple[Tensor, Ten
     return heads, rel_ids, torch.ones(batch.batch_size, dtype=torch.bool, device=heads.device)
 
 
-def _scored_mask(batch: DepBatch, include_punct: bool) -> Tensor:
-    """``[B, N+1]`` words scored: real words, punctuation only if ``include_punct``."""
-    positions = torch.arange(batch.max_len + 1, device=batch.lengths.device)
-    words = (positions >= 1) & (positions <= batch.lengths[:, None])
-    return words if include_punct else words & ~batch.punct_mask
-
-
-def _length_sorted(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
 def evaluate_dep_model(
     model: torch.nn.Module,
     source: DepSource,
@@ -346,7 +335,7 @@ def evaluate_dep_model(
     model.eval()
     seconds = 0.0
     with torch.inference_mode():
-        for indices in _length_sorted(source.lengths, batch_size):
+        for indices in length_sorted_batches(source.lengths, batch_size):
             started = time.perf_counter()
             batch = collator([(index, source.sentences[index]) for index in indices]).to(device)
             heads, rel_ids, formed = _predict_batch(model, batch)
@@ -357,7 +346,9 @@ def evaluate_dep_model(
                 batch.heads,
                 batch.rel_ids,
                 batch.lengths,
-                _scored_mask(batch, include_punct),
+                scored_word_mask(
+                    batch.lengths, batch.max_len + 1, batch.punct_mask, include_punct=include_punct
+                ),
             ).cpu()
             well_formed += int(formed.sum())
     model.train(was_training)
@@ -448,7 +439,7 @@ def ensure_dep_targets(
         # no_grad, not inference_mode: some teachers' marginals are gradients of log Z
         # (autograd through the inside pass, e.g. the exact second-order sibling CRF)
         with torch.no_grad():
-            for indices in _length_sorted(source.lengths, batch_size):
+            for indices in length_sorted_batches(source.lengths, batch_size):
                 batch = collator([(index, source.sentences[index]) for index in indices])
                 batch = batch.to(device)
                 scores = teacher(batch)
@@ -611,7 +602,12 @@ class ParserModule(pl.LightningModule):
             batch.heads,
             batch.rel_ids,
             batch.lengths,
-            _scored_mask(batch, self.include_punct),
+            scored_word_mask(
+                batch.lengths,
+                batch.max_len + 1,
+                batch.punct_mask,
+                include_punct=self.include_punct,
+            ),
         ).cpu()
         trees = torch.tensor([int(formed.sum()), batch.batch_size])
         self._dev_counts += torch.cat([counts, trees])
@@ -648,9 +644,12 @@ def _check_dep_options(options: Any) -> None:
     _architecture(options.arch)
 
 
-def _parts_and_data(
-    options: Any, model_kind: str, projective: bool
-) -> tuple[DepSource, DepSource, DepSource | None, dict[str, Any]]:
+def _prepare_data(
+    options: Any, spec: dict[str, str], config: Any
+) -> tuple[DepSource, DepSource, DepSource | None, DepVocab, DepLabelScheme | None, dict]:
+    """The training, dev and test trees, the vocabulary (dev and test words included), the
+    student's label scheme (``None`` for a parser) and the ``metrics.json`` entries describing
+    them. Projective parsers keep the projective training trees only."""
     train_source = load_dep_source(
         options.train, role="train", max_sentences=options.max_train_sentences
     )
@@ -659,7 +658,7 @@ def _parts_and_data(
     extra: dict[str, Any] = {
         "data": {"train": train_source.name, "n_train_sentences": len(train_source)}
     }
-    if projective:
+    if spec["kind"] == "parser" and config.mode in PROJECTIVE_MODES:
         kept = projective_subset(train_source.sentences)
         extra["data"]["training_trees"] = "projective subset"
         extra["data"]["non_projective_dropped"] = len(train_source) - len(kept)
@@ -667,7 +666,17 @@ def _parts_and_data(
             raise ValueError(f"train data {options.train!r} has no projective tree")
         train_source = DepSource(train_source.name + " (projective)", kept)
         extra["data"]["n_train_sentences"] = len(kept)
-    return train_source, dev, test, extra
+    vocab = DepVocab.build(
+        train_source.sentences,
+        extra_words=[
+            w for source in (dev, test) if source for s in source.sentences for w in s.words
+        ],
+    )
+    scheme = None
+    if spec["kind"] == "student":
+        scheme = DepLabelScheme.from_sentences(train_source.sentences, encoding=spec["encoding"])
+        extra["label_coverage_dev"] = scheme.coverage(dev.sentences)
+    return train_source, dev, test, vocab, scheme, extra
 
 
 def _fit_dep(
@@ -767,18 +776,7 @@ def train_dep(options: Any) -> dict[str, Any]:
     _configure_runtime(options)
     spec = _architecture(options.arch)
     config = _model_config(options.arch, options.arch_overrides)
-    projective = spec["kind"] == "parser" and config.mode in ("projective", "sibling-exact")
-    train_source, dev, test, extra = _parts_and_data(options, spec["kind"], projective)
-    vocab = DepVocab.build(
-        train_source.sentences,
-        extra_words=[
-            w for source in (dev, test) if source for s in source.sentences for w in s.words
-        ],
-    )
-    scheme = None
-    if spec["kind"] == "student":
-        scheme = DepLabelScheme.from_sentences(train_source.sentences, encoding=spec["encoding"])
-        extra["label_coverage_dev"] = scheme.coverage(dev.sentences)
+    train_source, dev, test, vocab, scheme, extra = _prepare_data(options, spec, config)
     _seed(options.seed)
     model = _build_model(options.arch, config, vocab, scheme)
     return _fit_dep(
@@ -818,15 +816,7 @@ def distill_dep(options: Any) -> dict[str, Any]:
         raise ValueError("distill needs at least one --teacher")
     _configure_runtime(options)
     config = _model_config(options.arch, options.arch_overrides)
-    train_source, dev, test, extra = _parts_and_data(options, "student", projective=False)
-    vocab = DepVocab.build(
-        train_source.sentences,
-        extra_words=[
-            w for source in (dev, test) if source for s in source.sentences for w in s.words
-        ],
-    )
-    scheme = DepLabelScheme.from_sentences(train_source.sentences, encoding=spec["encoding"])
-    extra["label_coverage_dev"] = scheme.coverage(dev.sentences)
+    train_source, dev, test, vocab, scheme, extra = _prepare_data(options, spec, config)
     readers: dict[str, Any] = {}
     kd = None
     if options.method != "none":
@@ -929,7 +919,7 @@ def predict_dep(
     heads: list[list[int]] = [[] for _ in source.sentences]
     relations: list[list[str]] = [[] for _ in source.sentences]
     with torch.inference_mode():
-        for indices in _length_sorted(source.lengths, batch_size):
+        for indices in length_sorted_batches(source.lengths, batch_size):
             batch = collator([(index, source.sentences[index]) for index in indices]).to(device)
             batch_heads, rel_ids, _ = _predict_batch(model, batch)
             for row, index in enumerate(indices):
