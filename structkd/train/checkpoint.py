@@ -36,6 +36,7 @@ __all__ = [
     "file_sha256",
     "load_tagger",
     "model_info",
+    "model_task",
     "save_tagger",
     "write_json",
 ]
@@ -203,3 +204,13 @@ def load_tagger(
     tagger.to(device)
     tagger.eval()
     return tagger, info
+
+
+def model_task(model_dir: str | os.PathLike[str]) -> str:
+    """``"ner"`` or ``"dep"``: the task of a model directory, read from its ``config.json`` (no
+    model is loaded, so a command can choose its task before importing that task's code)."""
+    path = Path(model_dir) / CONFIG_FILE
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("task", "ner"))
+    except (OSError, ValueError):
+        return "ner"

@@ -743,7 +743,7 @@ def evaluate(
     _positive_int(num_threads, "num_threads", allow_none=True)
     import torch
 
-    from structkd.train.dep import model_task
+    from structkd.train.checkpoint import model_task
 
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -807,7 +807,7 @@ def predict(
         raise ValueError(f"scheme must be 'bioes' or 'iob2'; got {scheme!r}")
     import torch
 
-    from structkd.train.dep import model_task
+    from structkd.train.checkpoint import model_task
 
     if model_task(model_dir) == "dep":
         from structkd.train.dep import predict_dep

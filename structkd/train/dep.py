@@ -90,7 +90,6 @@ __all__ = [
     "evaluate_dep_model",
     "load_dep_model",
     "load_dep_source",
-    "model_task",
     "predict_dep",
     "save_dep_model",
     "train_dep",
@@ -937,12 +936,3 @@ def predict_dep(
     else:
         Path(output).write_text(text, encoding="utf-8")
     return len(source.sentences)
-
-
-def model_task(model_dir: str | os.PathLike[str]) -> str:
-    """``"ner"`` or ``"dep"``: the task of a model directory (from its ``config.json``)."""
-    path = Path(model_dir) / "config.json"
-    try:
-        return str(json.loads(path.read_text(encoding="utf-8")).get("task", "ner"))
-    except (OSError, ValueError):
-        return "ner"
