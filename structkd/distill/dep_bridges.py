@@ -16,13 +16,16 @@ head-relation pairs) that no label of the vocabulary expresses.
 (head selection) teacher of Token KD; :func:`lost_mass_summary` reports how much mass the label
 vocabulary loses.
 
-Registry: this bridge is not in ``structkd.distill.bridges.BRIDGES``. A registered bridge is
-``bridge(teacher, student) -> ChainTargets`` from the two distributions alone, but this one also
-needs the teacher's relation distribution and the student's label -> head map of each sentence
-(which depends on the encoding, the label vocabulary and, for the ``"pos"`` encoding, the UPOS
-tags), and neither an arc distribution (``DependencyCRF``, ``HeadSelection``) nor the student's
-``Factorized`` carries them. Call :func:`label_marginals` directly and pass
-:meth:`DepLabelTargets.as_chain_targets` to ``kd_loss_from_targets``.
+Registry: the bridge is registered like the chain bridges (:mod:`structkd.distill.bridges`), for the
+teacher type :class:`DepTeacherOutput` (a parser's arc marginals and relation log-probabilities,
+already tempered) and the student kind ``"dep-labels"``; the student's label -> head map and
+relation map of the batch are its context::
+
+    project_teacher(DepTeacherOutput(arcs, rel_log_probs, lengths), "dep-labels",
+                    label_heads=label_heads, label_relations=label_relations)
+
+gives the same :class:`DepLabelTargets` as :func:`label_marginals`, detached. For a ``Factorized``
+student, pass :meth:`DepLabelTargets.as_chain_targets` to ``kd_loss_from_targets``.
 """
 
 from __future__ import annotations
@@ -32,16 +35,22 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from structkd.distill.bridges import ChainTargets
+from structkd.distill.bridges import ChainTargets, register_bridge
 from structkd.structures.base import NumericalError, check_lengths, length_mask
 from structkd.structures.dependency import HeadSelection
 
 __all__ = [
+    "DEP_LABELS",
     "DepLabelTargets",
+    "DepTeacherOutput",
+    "arcs_to_dep_labels",
     "label_marginals",
     "local_head_probs",
     "lost_mass_summary",
 ]
+
+DEP_LABELS = "dep-labels"
+"""The student kind of a dependency-as-sequence-labeling student (one label per word)."""
 
 MIN_EXPRESSIBLE_MASS = 1e-12
 """Below this expressible mass a word has no target (``has_target`` False, probabilities 0)."""
@@ -96,6 +105,21 @@ class DepLabelTargets(NamedTuple):
                 "no expressible teacher mass; its loss must be masked with has_target"
             )
         return ChainTargets(self.probs)
+
+
+class DepTeacherOutput(NamedTuple):
+    """What a first-order dependency teacher gives the ``"dep-labels"`` bridge, already tempered.
+
+    Attributes:
+        arc_marginals: ``[batch, seq_len + 1, seq_len + 1]`` as ``[head, dependent]``, position 0
+            the root: ``P(head_d = h)`` (tree marginals, or :func:`local_head_probs`).
+        rel_log_probs: ``[batch, seq_len + 1, seq_len + 1, n_relations]``: ``log P(r | d, h)``.
+        lengths: ``[batch]`` words per sentence.
+    """
+
+    arc_marginals: Tensor
+    rel_log_probs: Tensor
+    lengths: Tensor
 
 
 def _check_integer(name: str, tensor: Tensor, shape: str) -> None:
@@ -251,6 +275,29 @@ def label_marginals(
         probs = probs / denominator[:, :, None]
     probs = torch.where(has_target[:, :, None], probs, 0.0)
     return DepLabelTargets(probs, lost_mass, has_target, renormalize)
+
+
+@register_bridge(DepTeacherOutput, DEP_LABELS)
+def arcs_to_dep_labels(
+    teacher: DepTeacherOutput,
+    *,
+    label_heads: Tensor,
+    label_relations: Tensor,
+    renormalize: bool = True,
+    min_mass: float = MIN_EXPRESSIBLE_MASS,
+) -> DepLabelTargets:
+    """Case 5, the registered bridge: :func:`label_marginals` of the teacher's arcs and relations
+    for the student's ``label_heads`` ``[batch, seq_len, n_labels]`` and ``label_relations``
+    ``[n_labels]``: ``P_t(label_i = (c, r)) = P(head_i = head(c, i)) * P(r | i, head(c, i))``."""
+    return label_marginals(
+        teacher.arc_marginals,
+        teacher.rel_log_probs,
+        label_heads,
+        label_relations,
+        teacher.lengths,
+        renormalize=renormalize,
+        min_mass=min_mass,
+    )
 
 
 def local_head_probs(arc_scores: Tensor, lengths: Tensor, temperature: float = 1.0) -> Tensor:

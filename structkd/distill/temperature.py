@@ -1,5 +1,5 @@
-"""The two temperatures of the KD term (DESIGN.md section 2), both named, both exact to their
-definition.
+"""The temperature rule of every KD method, in one place: the two temperatures of the KD term,
+both named, both exact to their definition, and the ``T^2`` factor of the training loss.
 
 * ``"global"``: divide every potential of the teacher and of the student by ``T`` and run exact
   inference, ``P^T(y) ∝ exp(Score(y) / T)``. The loss is then a true cross-entropy between the two
@@ -13,8 +13,21 @@ definition.
   them as marginals, and the "loss" is unbounded below (a student fitting them drives it
   negative: measured on random CRFs, at T=2 within a few hundred Adam steps). Use ``"global"``.
 
-Neither definition multiplies by ``T^2``: the trainer scales the KD term by ``T^2`` (so its gradient
-keeps its magnitude as ``T`` grows, as in the paper's recipe).
+Neither definition multiplies by ``T^2``: the trainer scales the KD term by :func:`kd_scale`
+(``T^2``, so that its gradient keeps its magnitude as ``T`` grows, as in the paper's recipe).
+
+Which side is tempered, per method (:mod:`structkd.distill.halves` applies it):
+
+=========  =========================================  ==========================================
+method     teacher (cached)                           student
+=========  =========================================  ==========================================
+struct     global: ``teacher.tempered(T)``;           global: ``student.tempered(T)``;
+           local: :func:`local_temper` of its         local: as built
+           marginals
+posterior  ``teacher.tempered(T)``                    ``student.tempered(T)``
+topk(w)    k best of ``teacher.tempered(T)``          ``student.tempered(T)``
+token      emissions as built (``/ T`` at the loss)   emissions / ``T`` at the loss
+=========  =========================================  ==========================================
 """
 
 from __future__ import annotations
@@ -25,10 +38,35 @@ import torch
 from torch import Tensor
 
 from structkd.distill.bridges import ChainTargets
-from structkd.structures.base import check_temperature, length_mask
+from structkd.distill.methods import TEMPERATURE_MODES
+from structkd.structures.base import StructDistribution, check_temperature, length_mask
+
+__all__ = [
+    "TEMPERATURE_MODES",
+    "TemperatureMode",
+    "check_temperature_mode",
+    "globally_tempered",
+    "kd_scale",
+    "local_temper",
+    "temper_table",
+]
 
 TemperatureMode = Literal["global", "local"]
-TEMPERATURE_MODES: tuple[str, ...] = ("global", "local")
+
+
+def kd_scale(temperature: float) -> float:
+    """The factor ``T^2`` of the KD term in the training loss
+    (``lambda * T^2 * L_KD + (1 - lambda) * L_gold``): a KD gradient scales as ``1 / T^2`` with
+    tempered potentials ``s / T``, so this keeps its magnitude as ``T`` grows. ``1`` at ``T = 1``.
+    No loss of :mod:`structkd.distill` applies it."""
+    return check_temperature(temperature) ** 2
+
+
+def globally_tempered(distribution: StructDistribution, temperature: float) -> StructDistribution:
+    """The global temperature: ``distribution.tempered(T)`` (every potential divided by ``T``,
+    ``P^T(y) ∝ exp(Score(y) / T)``); the distribution itself at ``T = 1``."""
+    temperature = check_temperature(temperature)
+    return distribution.tempered(temperature) if temperature != 1.0 else distribution
 
 
 def check_temperature_mode(temperature_mode: str) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +155,39 @@ def test_conll03_first_sentence_and_bioes_option(conll03: dict[str, list[Sentenc
         convert_tags(s.tags, "iob2", "bioes") for s in conll03["dev"]
     ]
     assert detect_scheme(s.tags for s in dev_bioes) == "bioes"
+
+
+# --- layering: the registry imports the readers, never the reverse --------------------------------
+
+
+def _imported_modules(module_name: str) -> set[str]:
+    """Every ``structkd`` module ``module_name`` imports, at the top or inside a function."""
+    spec = importlib.util.find_spec(module_name)
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("structkd")}
+
+
+@pytest.mark.parametrize(
+    "reader", ["structkd.data.conll", "structkd.data.conllu_io", "structkd.data.packages"]
+)
+def test_readers_never_import_the_registry(reader: str) -> None:
+    assert "structkd.data.datasets" not in _imported_modules(reader)
+
+
+def test_public_names_stay_where_they_were() -> None:
+    from structkd.data import conllu_io, packages
+
+    assert datasets.MissingDataPackageError is packages.MissingDataPackageError
+    assert datasets.distribution_data_file is packages.distribution_data_file
+    assert datasets.module_data_file is packages.module_data_file
+    for name in ("DepSentence", "format_conllu", "projective_subset", "read_conllu"):
+        assert hasattr(conllu_io, name)
+    assert {"twt-tr:train", "twt-tr:dev", "twt-tr:test"} <= set(dataset_names())
+    assert all(is_dataset_name(f"twt-tr:{split}") for split in ("train", "dev", "test"))

@@ -7,6 +7,8 @@ import torch
 
 from structkd.distill import (
     BRIDGES,
+    STUDENT_CLASSES,
+    STUDENT_KINDS,
     ChainTargets,
     crf_to_crf,
     crf_to_factorized,
@@ -19,6 +21,7 @@ from structkd.distill import (
     spans_to_crf,
     spans_to_factorized,
     structural_kd_loss,
+    student_kind_of,
 )
 from structkd.distill.temperature import local_temper
 from structkd.structures.base import StructDistribution
@@ -99,32 +102,77 @@ def test_a_registered_bridge_serves_a_new_teacher_kind():
     parser) gets a bridge onto a tag student, and the loss runs through it."""
 
     class UniformTeacher(StructDistribution):
-        """A stand-in teacher that puts uniform mass on every tag of every token."""
+        """A stand-in teacher that puts uniform mass on every one of 3 tags of every token."""
+
+        def tempered(self, temperature):
+            return self
 
     _, raw_student = make_pair("factorized", "factorized", seed=25)
     student = raw_student.build()
     teacher = UniformTeacher(student.lengths, 1.0, student.batch_size, student.max_len)
     try:
 
-        @register_bridge(UniformTeacher, Factorized)
-        def uniform_to_factorized(teacher, student):
-            uniform = student.mask.unsqueeze(-1) / student.logits.shape[-1]
-            return ChainTargets(uniform.to(student.logits.dtype).expand_as(student.logits))
+        @register_bridge(UniformTeacher, "factorized")
+        def uniform_to_factorized(teacher, **context):
+            uniform = teacher.mask.unsqueeze(-1) / 3.0
+            return ChainTargets(uniform.double().expand(-1, -1, 3))
 
+        assert find_bridge(teacher, "factorized") is uniform_to_factorized
         assert find_bridge(teacher, student) is uniform_to_factorized
         loss = structural_kd_loss(teacher, student, reduction="none")
         log_softmax = torch.log_softmax(raw_student.logits, -1)
         expected = torch.stack([-log_softmax[b, :n].mean(-1).sum() for b, n in enumerate(LENGTHS)])
         torch.testing.assert_close(loss, expected)
         with pytest.raises(ValueError, match="already exists"):
-            register_bridge(UniformTeacher, Factorized)(uniform_to_factorized)
+            register_bridge(UniformTeacher, "factorized")(uniform_to_factorized)
+        with pytest.raises(TypeError, match="UniformTeacher"):
+            find_bridge(teacher, "crf")
     finally:
-        BRIDGES.pop((UniformTeacher, Factorized), None)
+        BRIDGES.pop((UniformTeacher, "factorized"), None)
+
+
+def test_register_bridge_needs_a_kind_name():
+    with pytest.raises(ValueError, match="student_kind"):
+        register_bridge(LinearChainCRF, Factorized)
 
 
 def test_find_bridge_names_both_types():
-    with pytest.raises(TypeError, match=r"no bridge from a int teacher to a str student"):
+    with pytest.raises(TypeError, match=r"no bridge from a int teacher to a 'x' student"):
         find_bridge(1, "x")
+    raw_teacher, _ = make_pair("crf", "crf", seed=26)
+    with pytest.raises(TypeError, match=r"LinearChainCRF teacher to a int student"):
+        find_bridge(raw_teacher.build(), 1)
+
+
+@pytest.mark.parametrize(("teacher_kind", "student_kind"), PAIRS)
+def test_bridges_are_found_by_student_kind(teacher_kind, student_kind):
+    """The kind alone picks the bridge (no student object), and ``project_teacher`` with a kind
+    gives the targets it gives with a student distribution of that kind."""
+    raw_teacher, raw_student = make_pair(teacher_kind, student_kind, seed=27)
+    teacher, student = raw_teacher.build(), raw_student.build()
+    assert student_kind_of(student) == student_kind
+    assert find_bridge(teacher, student_kind) is EXPECTED_BRIDGE[(teacher_kind, student_kind)]
+    assert BRIDGES[(type(teacher), student_kind)] is find_bridge(teacher, student)
+    by_kind = project_teacher(teacher, student_kind)
+    by_student = project_teacher(teacher, student)
+    torch.testing.assert_close(by_kind.marginals, by_student.marginals, rtol=0, atol=0)
+    if student_kind == "crf":
+        torch.testing.assert_close(by_kind.pair_marginals, by_student.pair_marginals)
+    else:
+        assert by_kind.pair_marginals is None
+
+
+def test_student_kind_of_subclasses_and_unknown_students():
+    class MyFactorized(Factorized):
+        pass
+
+    _, raw_student = make_pair("crf", "factorized", seed=28)
+    student = MyFactorized(raw_student.logits, raw_student.lengths)
+    assert student_kind_of(student) == "factorized"
+    assert set(STUDENT_CLASSES.values()) <= set(STUDENT_KINDS)
+    assert {"crf", "factorized", "dep-labels"} <= set(STUDENT_KINDS)
+    with pytest.raises(TypeError, match="SemiMarkovSpans"):
+        student_kind_of(make_pair("spans", "crf", seed=28)[0].build())
 
 
 def test_local_temper_refuses_pair_targets_and_keeps_them_at_t1():

@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from structkd.data.dep_encodings import ENCODINGS, DepLabel, DepLabelScheme, encode_tree
-from structkd.distill import kd_loss_from_targets
+from structkd.distill import (
+    BRIDGES,
+    DEP_LABELS,
+    STUDENT_KINDS,
+    DepTeacherOutput,
+    arcs_to_dep_labels,
+    find_bridge,
+    kd_loss_from_targets,
+    project_teacher,
+)
 from structkd.distill.dep_bridges import (
     DepLabelTargets,
     label_marginals,
@@ -401,3 +410,37 @@ def test_bad_options():
         label_marginals(arcs, rels, heads, rel_ids, lengths, min_mass=0.0)
     with pytest.raises(ValueError, match="renormalize"):
         label_marginals(arcs, rels, heads, rel_ids, lengths, renormalize=1)
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_dep_bridge_is_found_through_the_registry(renormalize):
+    """The dependency bridge registers like the chain bridges: the teacher type
+    ``DepTeacherOutput`` and the student kind ``"dep-labels"`` pick it, and ``project_teacher``
+    gives exactly ``label_marginals``, detached."""
+    scheme = _scheme("offset")
+    arc_scores, rel_log_probs, label_heads, lengths = _inputs(scheme, seed=7)
+    arc_scores = arc_scores.clone().requires_grad_()
+    arcs = DependencyCRF(arc_scores, lengths, projective=True).marginals
+    teacher = DepTeacherOutput(arcs, rel_log_probs, lengths)
+    assert find_bridge(teacher, DEP_LABELS) is arcs_to_dep_labels
+    assert BRIDGES[(DepTeacherOutput, "dep-labels")] is arcs_to_dep_labels
+    assert "dep-labels" in STUDENT_KINDS
+    label_relations = _label_relations(scheme)
+    projected = project_teacher(
+        teacher,
+        "dep-labels",
+        label_heads=label_heads,
+        label_relations=label_relations,
+        renormalize=renormalize,
+    )
+    direct = label_marginals(
+        arcs, rel_log_probs, label_heads, label_relations, lengths, renormalize=renormalize
+    )
+    assert isinstance(projected, DepLabelTargets)
+    assert projected.renormalized is renormalize
+    for got, want in zip(projected, direct, strict=True):
+        if isinstance(want, torch.Tensor):
+            assert torch.equal(got, want.detach())
+    assert not projected.probs.requires_grad and direct.probs.requires_grad
+    with pytest.raises(TypeError, match="DepTeacherOutput"):
+        find_bridge(teacher, "crf")
