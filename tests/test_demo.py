@@ -8,13 +8,17 @@ import math
 import pytest
 import torch
 
+from structkd.api import evaluate
 from structkd.cli import main
-from structkd.data.batching import TaggingCollator
-from structkd.demo import DemoOptions, parse_arch_overrides, reusable_teacher, run_demo
-from structkd.train.checkpoint import load_tagger
-from structkd.train.commands import evaluate_tagger
-from structkd.train.data import load_labeled
-from tests.train import TINY, write_conll
+from structkd.demo.main import (
+    DemoOptions,
+    parse_arch_overrides,
+    reusable_teacher,
+    run_demo,
+    teacher_options,
+)
+from structkd.train.checkpoint import read_model
+from tests.tasks.ner import TINY, write_conll
 
 # The teacher: teacher-crf without its transformer, a little wider than the student.
 TEACHER_OVERRIDES = {**TINY, "transformer": None, "lstm_hidden": 12}
@@ -70,9 +74,7 @@ def test_demo_trains_three_models_and_writes_the_report(demo_run, capsys) -> Non
             assert math.isfinite(row[key]) and row[key] >= 0
         assert 0 <= row["dev_f1"] <= 100 and row["sentences_per_second"] > 0
         # the table's test F1 is that of the saved model, scored again here
-        tagger, info = load_tagger(row["model_dir"])
-        test = load_labeled(str(tmp_path / "test.conll"), role="test")
-        scores = evaluate_tagger(tagger, test, TaggingCollator(info.vocab))
+        scores = evaluate(row["model_dir"], str(tmp_path / "test.conll"))
         assert row["test_f1"] == pytest.approx(100 * scores["f1"])
     assert rows[0]["test_f1"] > 50  # the teacher learned the names
     assert rows[0]["speedup"] == 1.0
@@ -85,8 +87,8 @@ def test_demo_trains_three_models_and_writes_the_report(demo_run, capsys) -> Non
     assert student["distillation"]["teachers"] == [str(tmp_path / "demo" / "teacher")]
     assert student["data"]["n_train_sentences"] == 30
     # same initialization and batches, but the KD term changed the student
-    no_kd = load_tagger(rows[1]["model_dir"])[0].state_dict()
-    with_kd = load_tagger(rows[2]["model_dir"])[0].state_dict()
+    no_kd = read_model(rows[1]["model_dir"]).state_dict
+    with_kd = read_model(rows[2]["model_dir"]).state_dict
     assert not all(torch.equal(no_kd[name], with_kd[name]) for name in no_kd)
     # the table: printed and in the report, a header, a rule and three rows
     report = report_path.read_text()
@@ -124,11 +126,9 @@ def test_demo_reuses_a_matching_teacher_only(demo_run, capsys) -> None:
         learning_rate=0.02,
         teacher_overrides=TEACHER_OVERRIDES,
     )
-    from structkd.demo import _teacher_options
-
-    assert reusable_teacher(_teacher_options(changed)) is None
+    assert reusable_teacher(teacher_options(changed)) is None
     assert reusable_teacher(
-        _teacher_options(DemoOptions(**{**vars(changed), "teacher_epochs": TEACHER_EPOCHS}))
+        teacher_options(DemoOptions(**{**vars(changed), "teacher_epochs": TEACHER_EPOCHS}))
     )
 
 

@@ -14,7 +14,7 @@ the Hugging Face tokenizer call signature and special-token ids.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
@@ -348,8 +348,47 @@ def _context(sizes: list[int], core_start: int, core_end: int, budget: int) -> t
 # Batches
 
 
+class PaddedBatch:
+    """What every batch of padded sentences has (a dataclass with ``word_ids`` ``[B, N]`` and
+    ``lengths`` ``[B]``): its sizes, its mask, and copies of it with every tensor moved."""
+
+    word_ids: Tensor
+    lengths: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        """``B``."""
+        return self.word_ids.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        """``N``, the padded number of words."""
+        return self.word_ids.shape[1]
+
+    @property
+    def mask(self) -> Tensor:
+        """``[B, N]`` bool, True on real words."""
+        return torch.arange(self.max_len, device=self.lengths.device) < self.lengths.unsqueeze(-1)
+
+    def _map(self, function: Callable[[Tensor], Tensor]) -> Any:
+        changes = {
+            field.name: function(value)
+            for field in fields(self)
+            if isinstance(value := getattr(self, field.name), Tensor)
+        }
+        return replace(self, **changes)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Any:
+        """The same batch with every tensor on ``device``."""
+        return self._map(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Any:
+        """The same batch with every tensor in pinned memory (a DataLoader calls this)."""
+        return self._map(lambda tensor: tensor.pin_memory())
+
+
 @dataclass
-class TaggingBatch:
+class TaggingBatch(PaddedBatch):
     """A padded batch of ``B`` sentences of at most ``N`` words (``C`` characters per word).
 
     Attributes:
@@ -383,40 +422,13 @@ class TaggingBatch:
     word_first_subword: Tensor | None = None
 
     @property
-    def batch_size(self) -> int:
-        """``B``."""
-        return self.word_ids.shape[0]
-
-    @property
-    def max_len(self) -> int:
-        """``N``, the padded number of words."""
-        return self.word_ids.shape[1]
-
-    @property
-    def mask(self) -> Tensor:
-        """``[B, N]`` bool, True on real words."""
-        return torch.arange(self.max_len, device=self.lengths.device) < self.lengths.unsqueeze(-1)
-
-    @property
     def has_subwords(self) -> bool:
         """Whether the batch carries subword windows for a transformer."""
         return self.subword_ids is not None
 
-    def _map(self, function) -> TaggingBatch:
-        changes = {
-            field.name: function(value)
-            for field in fields(self)
-            if isinstance(value := getattr(self, field.name), Tensor)
-        }
-        return replace(self, **changes)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> TaggingBatch:
-        """The same batch with every tensor on ``device``."""
-        return self._map(lambda tensor: tensor.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> TaggingBatch:
-        """The same batch with every tensor in pinned memory (a DataLoader calls this)."""
-        return self._map(lambda tensor: tensor.pin_memory())
+    def without_labels(self) -> TaggingBatch:
+        """The same batch without gold labels (a batch of unlabeled text)."""
+        return replace(self, label_ids=None)
 
 
 def _pad_int(rows: Sequence[Sequence[int]], width: int, fill: int) -> Tensor:

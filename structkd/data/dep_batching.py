@@ -15,12 +15,13 @@ directly, as ``structkd.data.dep_batching``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from structkd.data.batching import PaddedBatch
 from structkd.data.conllu_io import DepSentence
 from structkd.data.dep_encodings import DepLabel, DepLabelScheme, encode_tree
 from structkd.data.vocab import Vocabulary
@@ -131,7 +132,7 @@ class DepVocab:
 
 
 @dataclass(frozen=True)
-class DepBatch:
+class DepBatch(PaddedBatch):
     """A padded batch of ``B`` sentences of at most ``N`` words (``C`` characters per word).
 
     Attributes:
@@ -166,29 +167,8 @@ class DepBatch:
     scheme_upos_ids: Tensor | None = None
 
     @property
-    def batch_size(self) -> int:
-        return self.word_ids.shape[0]
-
-    @property
-    def max_len(self) -> int:
-        return self.word_ids.shape[1]
-
-    @property
     def labeled(self) -> bool:
         return self.heads is not None
-
-    @property
-    def mask(self) -> Tensor:
-        """``[B, N]`` bool, True on real words."""
-        return torch.arange(self.max_len, device=self.lengths.device) < self.lengths.unsqueeze(-1)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> DepBatch:
-        changes = {
-            field.name: value.to(device, non_blocking=non_blocking)
-            for field in fields(self)
-            if isinstance(value := getattr(self, field.name), Tensor)
-        }
-        return replace(self, **changes)
 
 
 class DepCollator:

@@ -1,28 +1,9 @@
-"""Training: Lightning modules and data, caches of teacher outputs and transformer features,
-metrics, model directories, and the NER commands (``train``, ``distill``, ``evaluate``,
-``predict``).
+"""The training engine, whatever the task: typed options (``options``), the process set-up
+(``runtime``), the one fit loop (``fit``), the one LightningModule and data module (``module``),
+training data parts and batching (``data``), the batched-inference loop (``inference``), the
+on-disk cache store (``store``) and the model-directory format (``checkpoint``).
 
-Importing this package is cheap: it exposes the commands and their options; the modules that
-need torch and Lightning (``structkd.train.module``, ``.cache``, ``.data``, ``.checkpoint``,
-``.metrics``) are imported when used.
+The engine never imports a task: a task (``structkd.tasks``) prepares a ``fit.PreparedRun`` with
+its ``protocol.TrainingHooks`` and the engine runs it. Importing this package is cheap (no torch):
+import the modules you use.
 """
-
-from structkd.train.commands import (
-    KD_METHODS,
-    DistillOptions,
-    TrainOptions,
-    distill,
-    evaluate,
-    predict,
-    train,
-)
-
-__all__ = [
-    "KD_METHODS",
-    "DistillOptions",
-    "TrainOptions",
-    "distill",
-    "evaluate",
-    "predict",
-    "train",
-]

@@ -1,15 +1,20 @@
-"""Model directories: the trained tagger as plain tensors and dicts, its config and its metrics.
+"""Model directories: a trained model as plain tensors and dicts, its config and its metrics,
+the same format for every task.
 
 A model directory written by ``structkd train`` or ``structkd distill`` holds:
 
-* ``model.pt``: ``{"format", "task", "arch", "config", "vocab", "tag_scheme", "state_dict"}``, only
-  tensors, strings, numbers, lists and dicts, so it loads with ``torch.load(path,
-  weights_only=True)`` (no pickled classes, nothing executed on load);
-* ``config.json``: the same metadata without the weights, for people;
-* ``metrics.json``: dev (and test) scores, best epoch, sizes and timings (see ``commands``).
+* ``model.pt``: ``{"format", "task", "arch", "config", "vocab", "label_scheme", "state_dict"}``,
+  only tensors, strings, numbers, lists and dicts, so it loads with ``torch.load(path,
+  weights_only=True)`` (no pickled classes, nothing executed on load). ``task`` names the task
+  plug-in that reads the rest: ``config`` and ``vocab`` are that task's dicts, ``label_scheme``
+  its label layout (NER: the scheme of the training tags, ``iob2``...; dependency students: the
+  head encoding, ``offset``/``pos``; parsers: ``""``);
+* ``config.json``: the metadata without the weights, for people (and ``model_task``);
+* ``metrics.json``: dev (and test) scores, best epoch, sizes and timings (``structkd.train.fit``).
 
+Migration: format 1 (structkd 0.1) named ``label_scheme`` ``tag_scheme``; it is read as format 2.
 A frozen transformer's weights are not in ``model.pt``: they are the unchanged public checkpoint,
-reloaded from its package (``structkd.models.transformer``).
+reloaded from its package.
 """
 
 from __future__ import annotations
@@ -22,58 +27,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from structkd.data.batching import TaggingVocab
-from structkd.models.tagger import Tagger, TaggerConfig
-
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CONFIG_FILE",
     "METRICS_FILE",
     "MODEL_FILE",
-    "ModelInfo",
+    "ModelFile",
     "file_sha256",
-    "load_tagger",
-    "model_info",
     "model_task",
-    "save_tagger",
+    "read_model",
+    "restore_weights",
+    "save_model",
     "write_json",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
-_KEYS = {"format", "task", "arch", "config", "vocab", "tag_scheme", "state_dict"}
+_KEYS = {"format", "task", "arch", "config", "vocab", "label_scheme", "state_dict"}
+_FORMAT_1_KEYS = (_KEYS - {"label_scheme"}) | {"tag_scheme"}
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What a model directory says about its tagger (read without building it).
+class ModelFile:
+    """A read ``model.pt``: ``task``, ``arch``, the task's ``config`` and ``vocab`` dicts, its
+    ``label_scheme``, the ``state_dict`` and ``file_hash`` (SHA-256 of the file's bytes; keys the
+    caches of the model's outputs)."""
 
-    ``directory``: the model directory; ``arch``: the architecture name it was trained with;
-    ``config``; ``vocab``; ``tag_scheme``: the scheme of its training tags (``"iob2"``, ...);
-    ``file_hash``: SHA-256 of ``model.pt`` (keys caches of the model's outputs).
-    """
-
-    directory: Path
+    path: Path
     task: str
     arch: str
-    config: TaggerConfig
-    vocab: TaggingVocab
-    tag_scheme: str
+    config: dict[str, Any]
+    vocab: dict[str, Any]
+    label_scheme: str
+    state_dict: dict[str, Any]
     file_hash: str
 
     @property
-    def types(self) -> tuple[str, ...]:
-        """The entity types, sorted (the BIOES label layout)."""
-        return self.vocab.types
-
-    @property
-    def head(self) -> str:
-        """``"crf"``, ``"softmax"`` or ``"span"``."""
-        return self.config.head
+    def directory(self) -> Path:
+        return self.path.parent
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
@@ -84,28 +77,38 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     os.replace(temporary, path)
 
 
-def save_tagger(
-    directory: str | os.PathLike[str], tagger: Tagger, *, arch: str, tag_scheme: str
+def save_model(
+    directory: str | os.PathLike[str],
+    model: Any,
+    *,
+    task: str,
+    arch: str,
+    config: dict[str, Any],
+    vocab: dict[str, Any],
+    label_scheme: str,
+    view: dict[str, Any],
 ) -> Path:
-    """Write ``tagger`` to ``directory/model.pt`` (atomically) and its metadata to
-    ``config.json``; returns the path of ``model.pt``. Creates ``directory`` if needed."""
+    """Write ``model``'s weights and metadata to ``directory/model.pt`` (atomically) and ``view``
+    (with ``task`` and ``arch`` first) to ``config.json``; returns the path of ``model.pt``.
+    Creates ``directory`` if needed."""
+    import torch
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     metadata = {
         "format": CHECKPOINT_FORMAT,
-        "task": "ner",
+        "task": task,
         "arch": arch,
-        "config": tagger.config.to_dict(),
-        "vocab": tagger.vocab.to_dict(),
-        "tag_scheme": tag_scheme,
+        "config": config,
+        "vocab": vocab,
+        "label_scheme": label_scheme,
     }
-    state = {name: value.detach().cpu().clone() for name, value in tagger.state_dict().items()}
+    state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
     path = directory / MODEL_FILE
     temporary = directory / f".{MODEL_FILE}.{os.getpid()}.tmp"
     torch.save({**metadata, "state_dict": state}, temporary)
     os.replace(temporary, path)
-    config_view = {key: metadata[key] for key in ("task", "arch", "config", "tag_scheme")}
-    write_json(directory / CONFIG_FILE, {**config_view, "types": list(tagger.vocab.types)})
+    write_json(directory / CONFIG_FILE, {"task": task, "arch": arch, **view})
     return path
 
 
@@ -124,7 +127,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return _file_sha256(os.fspath(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def _model_file(directory: str | os.PathLike[str]) -> Path:
+def _model_path(directory: str | os.PathLike[str]) -> Path:
     directory = Path(directory)
     if not directory.exists():
         raise ValueError(f"model directory {os.fspath(directory)!r} does not exist")
@@ -139,8 +142,13 @@ def _model_file(directory: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _read(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    path = _model_file(directory)
+def read_model(directory: str | os.PathLike[str], *, task: str | None = None) -> ModelFile:
+    """The ``model.pt`` of ``directory`` (``ValueError`` with a one-line reason when the
+    directory is missing, holds no readable model, or, given ``task``, a model of another
+    task)."""
+    import torch
+
+    path = _model_path(directory)
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # unpickling errors come in many classes
@@ -148,69 +156,56 @@ def _read(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
         raise ValueError(
             f"{os.fspath(path)!r} cannot be read as a structkd model: {reason}"
         ) from None
+    if isinstance(data, dict) and data.get("format") == 1 and set(data) == _FORMAT_1_KEYS:
+        data = {**data, "format": CHECKPOINT_FORMAT, "label_scheme": data.pop("tag_scheme")}
     if not isinstance(data, dict) or set(data) != _KEYS:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{os.fspath(path)!r} is not a structkd model file (found {found})")
     if data["format"] != CHECKPOINT_FORMAT:
         raise ValueError(
-            f"{os.fspath(path)!r} has format {data['format']!r}; this structkd reads format "
-            f"{CHECKPOINT_FORMAT}"
+            f"{os.fspath(path)!r} has format {data['format']!r}; this structkd reads formats 1 "
+            f"and {CHECKPOINT_FORMAT}"
         )
-    return path, data
-
-
-def _info(path: Path, data: dict[str, Any]) -> ModelInfo:
-    try:
-        config = TaggerConfig.from_dict(dict(data["config"]))
-        vocab = TaggingVocab.from_dict(data["vocab"])
-    except (TypeError, ValueError) as error:
+    if task is not None and data["task"] != task:
         raise ValueError(
-            f"{os.fspath(path)!r} has a malformed config or vocabulary: {error}"
-        ) from None
-    return ModelInfo(
-        directory=path.parent,
+            f"{os.fspath(directory)!r} holds a {data['task']!r} model, not a {task!r} model"
+        )
+    return ModelFile(
+        path=path,
         task=str(data["task"]),
         arch=str(data["arch"]),
-        config=config,
-        vocab=vocab,
-        tag_scheme=str(data["tag_scheme"]),
+        config=dict(data["config"]),
+        vocab=data["vocab"],
+        label_scheme=str(data["label_scheme"]),
+        state_dict=data["state_dict"],
         file_hash=file_sha256(path),
     )
 
 
-def model_info(directory: str | os.PathLike[str]) -> ModelInfo:
-    """The metadata of the model in ``directory`` (``ValueError`` with a one-line reason if the
-    directory is missing or holds no readable model)."""
-    path, data = _read(directory)
-    return _info(path, data)
-
-
-def load_tagger(
-    directory: str | os.PathLike[str], device: torch.device | str = "cpu"
-) -> tuple[Tagger, ModelInfo]:
-    """The tagger of ``directory`` in eval mode on ``device``, and its metadata.
-
-    Loads ``model.pt`` with ``weights_only=True``. A frozen transformer is not in the file: it is
-    read from its package when first used (see ``structkd.models.transformer``).
-    """
-    path, data = _read(directory)
-    info = _info(path, data)
-    tagger = Tagger(info.config, info.vocab, load_pretrained=False)
+def restore_weights(model: Any, model_file: ModelFile, device: Any = "cpu") -> Any:
+    """``model`` with the weights of ``model_file`` (strict), in eval mode on ``device``
+    (``ValueError`` when they do not match the model its config builds)."""
     try:
-        tagger.load_state_dict(data["state_dict"], strict=True)
+        model.load_state_dict(model_file.state_dict, strict=True)
     except RuntimeError as error:
         reason = " ".join(str(error).split())[:300]
-        raise ValueError(f"{os.fspath(path)!r} does not match its own config: {reason}") from None
-    tagger.to(device)
-    tagger.eval()
-    return tagger, info
+        raise ValueError(
+            f"{os.fspath(model_file.path)!r} does not match its own config: {reason}"
+        ) from None
+    model.to(device)
+    model.eval()
+    return model
 
 
 def model_task(model_dir: str | os.PathLike[str]) -> str:
-    """``"ner"`` or ``"dep"``: the task of a model directory, read from its ``config.json`` (no
-    model is loaded, so a command can choose its task before importing that task's code)."""
-    path = Path(model_dir) / CONFIG_FILE
+    """The task of a model directory, read from its ``config.json`` without loading the weights
+    (so a command can choose its task before importing that task's code); from ``model.pt`` when
+    ``config.json`` is missing or unreadable. ``ValueError`` when there is no model."""
+    _model_path(model_dir)
     try:
-        return str(json.loads(path.read_text(encoding="utf-8")).get("task", "ner"))
-    except (OSError, ValueError):
-        return "ner"
+        task = json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))["task"]
+        if isinstance(task, str):
+            return task
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return read_model(model_dir).task

@@ -1,267 +1,49 @@
-"""Training data: data sets named or read from files, the parts a trainer samples from, batch
-samplers (length-bucketed, sharded across DDP processes) and the collator of training steps.
+"""Training data, whatever the task: the parts a trainer samples from, the batch sampler
+(length-bucketed, sharded across DDP processes) and the collator of training steps.
 
-A *source* is a list of sentences read once (a named data set such as ``conll03-en:train`` or a
-file); a sentence's id is its index in the source, so cached teacher outputs and transformer
-features (``structkd.train.cache``) are keyed by (source, id). A *part* is a subset of a source's
-sentences that is labeled or unlabeled (``--labeled-fraction`` splits one source into two parts);
-a batch never mixes parts.
+A *source* is a list of sentences read once (a named data set or a file, read by the task); a
+sentence's id is its index in the source, so cached teacher outputs and transformer features are
+keyed by (source, id). A *part* is a subset of a source's sentences that is labeled or unlabeled
+(``--labeled-fraction`` splits one source into two parts); a batch never mixes parts.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
-import os
 import random
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from structkd.data.batching import TaggingBatch, TaggingCollator
-from structkd.data.conll import (
-    DOCSTART,
-    DataError,
-    Sentence,
-    read_conll,
-    read_tokenized,
-)
-from structkd.data.datasets import dataset_names, is_dataset_name, load_dataset
-from structkd.data.tag_schemes import detect_scheme, entity_types, split_tag
-
-__all__ = [
-    "BucketBatchSampler",
-    "DataSource",
-    "Part",
-    "PartsDataset",
-    "StepBatch",
-    "StepCollator",
-    "guess_text_format",
-    "load_labeled",
-    "load_text",
-]
-
-_COLUMNS = re.compile(r"[ \t]+")
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources
-
-
-@dataclass(frozen=True, eq=False)
-class DataSource:
-    """Sentences read from a named data set or a file.
-
-    ``name``: the spec as given (``"conll03-en:dev"`` or a path); ``sentences`` ``[n]``;
-    ``scheme``: the tag scheme of labeled sentences (``"iob1"``, ``"iob2"``, ``"bioes"``), ``None``
-    for unlabeled text.
-    """
-
-    name: str
-    sentences: list[Sentence]
-    scheme: str | None
-
-    def __len__(self) -> int:
-        return len(self.sentences)
-
-    @functools.cached_property
-    def fingerprint(self) -> str:
-        """SHA-256 of the tokens (not the tags) of every sentence, in order: what a teacher reads,
-        so it keys the caches of teacher outputs and features."""
-        digest = hashlib.sha256()
-        for sentence in self.sentences:
-            digest.update("\x1f".join(sentence.tokens).encode("utf-8"))
-            digest.update(b"\x1e")
-        return digest.hexdigest()
-
-    @property
-    def lengths(self) -> list[int]:
-        """``[n]`` tokens per sentence."""
-        return [len(sentence) for sentence in self.sentences]
-
-    @property
-    def types(self) -> list[str]:
-        """The sorted entity types of the labeled sentences."""
-        return entity_types(s.tags for s in self.sentences if s.tags is not None)
-
-    def head(self, max_sentences: int | None) -> DataSource:
-        """The first ``max_sentences`` sentences (all of them for ``None``)."""
-        if max_sentences is None or max_sentences >= len(self.sentences):
-            return self
-        if max_sentences < 1:
-            raise ValueError(f"max_sentences must be >= 1 or None; got {max_sentences}")
-        return replace(self, sentences=self.sentences[:max_sentences])
-
-
-def _missing(spec: str, role: str) -> ValueError:
-    return ValueError(
-        f"{role} data {spec!r} is neither a known data set ({', '.join(dataset_names())}) "
-        "nor an existing file"
-    )
-
-
-def _named(spec: str, role: str) -> list[Sentence]:
-    records = load_dataset(spec)
-    if records and not isinstance(records[0], Sentence):
-        raise ValueError(
-            f"{role} data {spec!r} is not a NER data set (its records are "
-            f"{type(records[0]).__name__}, not tagged sentences)"
-        )
-    return records
-
-
-def load_labeled(spec: str, *, role: str = "train", max_sentences: int | None = None) -> DataSource:
-    """A labeled NER source: a registered data set name, or a CoNLL column file (any of the
-    schemes IOB1, IOB2, BIOES, detected). Raises ``ValueError``/``DataError`` with a one-line
-    reason (unknown name, missing file, a file that does not parse)."""
-    spec = os.fspath(spec)
-    if is_dataset_name(spec):
-        sentences = _named(spec, role)
-    elif Path(spec).is_file():
-        sentences = read_conll(spec, scheme="auto")
-    else:
-        raise _missing(spec, role)
-    unlabeled = sum(sentence.tags is None for sentence in sentences)
-    if unlabeled:
-        raise ValueError(f"{role} data {spec!r} has {unlabeled} sentences without tags")
-    scheme = detect_scheme(sentence.tags for sentence in sentences)
-    return DataSource(spec, sentences, scheme).head(max_sentences)
-
-
-def guess_text_format(path: str | os.PathLike[str]) -> str:
-    """``"conll"`` or ``"tokens"`` for a file of sentences.
-
-    A CoNLL file has blank lines between sentences or ``-DOCSTART-`` lines; a file without either
-    is CoNLL only if all its lines have the same number (at least 2) of columns, the last of which
-    is always a tag (one labeled sentence); anything else is tokenized text, one sentence per line.
-    """
-    with open(path, encoding="utf-8", errors="replace") as stream:
-        lines = [line.strip(" \t\r\n") for line in stream]
-    while lines and not lines[-1]:
-        lines.pop()
-    content = [line for line in lines if line]
-    if not content:
-        return "tokens"
-    first = next(index for index, line in enumerate(lines) if line)
-    if any(not line for line in lines[first:]):
-        return "conll"
-    fields = [_COLUMNS.split(line) for line in content]
-    if any(row[0] == DOCSTART for row in fields):
-        return "conll"
-    widths = {len(row) for row in fields}
-    if len(widths) == 1 and widths.pop() >= 2:
-        try:
-            for row in fields:
-                split_tag(row[-1])
-        except ValueError:
-            return "tokens"
-        return "conll"
-    return "tokens"
-
-
-def load_text(
-    spec: str | os.PathLike[str],
-    *,
-    role: str = "input",
-    file_format: str = "auto",
-    keep_tags: bool = True,
-) -> DataSource:
-    """Sentences to tag or to distill on: a registered data set, a CoNLL file (its tags kept when
-    ``keep_tags`` and it has a tag column) or tokenized text (one sentence per line).
-
-    ``file_format``: ``"auto"`` (``guess_text_format``), ``"conll"`` or ``"tokens"``; ``"-"`` reads
-    standard input.
-    """
-    spec = os.fspath(spec)
-    if file_format not in ("auto", "conll", "tokens"):
-        raise ValueError(f"file_format must be 'auto', 'conll' or 'tokens'; got {file_format!r}")
-    if spec != "-" and is_dataset_name(spec):
-        sentences = _named(spec, role)
-        if not keep_tags:
-            sentences = [sentence.without_tags() for sentence in sentences]
-        scheme = detect_scheme(s.tags for s in sentences) if keep_tags else None
-        return DataSource(spec, sentences, scheme)
-    if spec != "-" and not Path(spec).is_file():
-        raise _missing(spec, role)
-    path = spec
-    if spec == "-":
-        import sys
-        import tempfile
-
-        text = sys.stdin.read()
-        handle = tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", suffix=".txt", delete=False
-        )  # the readers take paths
-        with handle:
-            handle.write(text)
-        path = handle.name
-    try:
-        chosen = guess_text_format(path) if file_format == "auto" else file_format
-        if chosen == "tokens":
-            sentences, scheme = read_tokenized(path), None
-        else:
-            sentences = _read_conll_any(path, keep_tags)
-            labeled = [s.tags for s in sentences if s.tags is not None]
-            scheme = detect_scheme(labeled) if labeled else None
-    except DataError as error:
-        if spec == "-":
-            raise DataError("<stdin>", error.line, error.problem) from None
-        raise
-    finally:
-        if spec == "-":
-            os.unlink(path)
-    return DataSource(spec, sentences, scheme)
-
-
-def _read_conll_any(path: str, keep_tags: bool) -> list[Sentence]:
-    """A CoNLL file with tags (when ``keep_tags`` and it has at least two columns) or without."""
-    if keep_tags:
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            widths = {
-                len(_COLUMNS.split(line.strip(" \t\r\n")))
-                for line in stream
-                if line.strip() and not line.startswith("#")
-            }
-        if min(widths, default=1) >= 2:
-            return read_conll(path, scheme="auto")
-    return read_conll(path, labeled=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parts, the dataset, the batch sampler
+__all__ = ["BucketBatchSampler", "Part", "PartsDataset", "StepBatch", "StepCollator"]
 
 
 @dataclass(frozen=True, eq=False)
 class Part:
-    """Sentences a trainer samples batches from: ``items`` ``[(sentence_id, Sentence), ...]``
-    (ids index ``source``), ``labeled`` (gold tags are used) and the ``source`` key (which
-    collator, features and teacher caches apply)."""
+    """Sentences a trainer samples batches from: ``items`` ``[(sentence_id, sentence), ...]``
+    (ids index ``source``; a sentence is whatever the task's collator reads, with a ``len``),
+    ``labeled`` (gold labels are used) and the ``source`` key (which collator, features and
+    teacher caches apply)."""
 
     source: str
-    items: list[tuple[int, Sentence]]
+    items: list[tuple[int, Any]]
     labeled: bool
 
     def __post_init__(self) -> None:
         if not self.items:
             raise ValueError(f"part of {self.source!r} has no sentences")
-        # NER sentences carry ``tags`` (None when unlabeled); dependency trees are always labeled
-        if self.labeled and any(getattr(s, "tags", ()) is None for _, s in self.items):
-            raise ValueError(f"labeled part of {self.source!r} has sentences without tags")
 
 
 class PartsDataset(Dataset):
     """The sentences of several parts as one map-style dataset: item ``i`` is
-    ``(part_index, sentence_id, Sentence)``; ``groups[p]`` lists the items of part ``p``."""
+    ``(part_index, sentence_id, Any)``; ``groups[p]`` lists the items of part ``p``."""
 
     def __init__(self, parts: Sequence[Part]):
         self.parts = list(parts)
-        self.items: list[tuple[int, int, Sentence]] = []
+        self.items: list[tuple[int, int, Any]] = []
         self.groups: list[list[int]] = []
         for part_index, part in enumerate(self.parts):
             start = len(self.items)
@@ -272,7 +54,7 @@ class PartsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, int, Sentence]:
+    def __getitem__(self, index: int) -> tuple[int, int, Any]:
         return self.items[index]
 
 
@@ -390,48 +172,51 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 @dataclass
 class StepBatch:
-    """One training or evaluation step: the tagger's ``tagging`` batch, whether its sentences are
-    ``labeled``, and the teacher ``targets`` of a distillation step (see
-    ``structkd.train.cache.KDTargets``), or ``None``."""
+    """One training or evaluation step: the task's ``batch`` (anything with ``batch_size`` and
+    ``to(device, non_blocking)``; the batch of an unlabeled part has had its ``without_labels()``
+    called, which a task that learns from unlabeled text provides), whether its sentences are
+    ``labeled``, the teacher ``targets`` of a distillation step (what the task's target reader
+    returns, with ``to``), or ``None``, and the index of its ``part``."""
 
-    tagging: TaggingBatch
+    batch: Any
     labeled: bool
     targets: Any = None
     part: int = 0
 
     @property
     def batch_size(self) -> int:
-        return self.tagging.batch_size
+        return self.batch.batch_size
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> StepBatch:
         """The same step with every tensor on ``device`` (Lightning calls this)."""
         targets = None if self.targets is None else self.targets.to(device, non_blocking)
-        return replace(self, tagging=self.tagging.to(device, non_blocking), targets=targets)
+        return replace(self, batch=self.batch.to(device, non_blocking), targets=targets)
 
 
 @dataclass
 class StepCollator:
-    """Collates ``[(part_index, sentence_id, Sentence), ...]`` (one part) into a ``StepBatch``.
+    """Collates ``[(part_index, sentence_id, sentence), ...]`` (one part) into a ``StepBatch``.
 
-    ``collators`` maps a source key to the ``TaggingCollator`` of that source (with its cached
-    features, if the tagger reads frozen transformer features); ``targets`` maps a source key to a
-    reader of cached teacher outputs (``read(sentence_ids, lengths) -> KDTargets``), absent for a
-    source without distillation.
+    ``collators`` maps a source key to the task's collator of that source
+    (``collate([(sentence_id, sentence), ...]) -> batch``, the batch having ``sentence_ids``
+    ``[B]`` and ``lengths`` ``[B]``); ``targets`` maps a source key to a reader of cached teacher
+    outputs (``read(sentence_ids, lengths) -> targets``), absent for a source without
+    distillation.
     """
 
     parts: Sequence[Part]
-    collators: Mapping[str, TaggingCollator]
+    collators: Mapping[str, Callable[..., Any]]
     targets: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
-    def __call__(self, items: Sequence[tuple[int, int, Sentence]]) -> StepBatch:
+    def __call__(self, items: Sequence[tuple[int, int, Any]]) -> StepBatch:
         part_indices = {item[0] for item in items}
         if len(part_indices) != 1:
             raise ValueError(f"a batch must come from one part; got parts {sorted(part_indices)}")
         part_index = part_indices.pop()
         part = self.parts[part_index]
-        tagging = self.collators[part.source]([(sentence_id, s) for _, sentence_id, s in items])
+        batch = self.collators[part.source]([(sentence_id, s) for _, sentence_id, s in items])
         if not part.labeled:
-            tagging.label_ids = None
+            batch = batch.without_labels()
         reader = self.targets.get(part.source)
-        targets = None if reader is None else reader(tagging.sentence_ids, tagging.lengths)
-        return StepBatch(tagging, part.labeled, targets, part_index)
+        targets = None if reader is None else reader(batch.sentence_ids, batch.lengths)
+        return StepBatch(batch, part.labeled, targets, part_index)

@@ -1,17 +1,15 @@
-"""Lightning pieces: the data module, the tagger module (gold and KD losses, dev F1) and the
-callback that keeps the best model directory.
+"""Lightning pieces, whatever the task: the data module, the one LightningModule (gold and KD
+losses, dev scores) and the callback that keeps the best model directory.
 
-The loss of a training step (DESIGN.md section 2, the paper's recipe):
+The loss of a training step (the paper's recipe):
 
     labeled batch:    lambda_t * T^2 * L_KD + (1 - lambda_t) * L_gold
     unlabeled batch:  T^2 * L_KD
     no KD:            L_gold
 
-``L_gold`` and ``L_KD`` are means over the batch's sentences of per-sentence losses; ``lambda_t``
-follows ``KDSettings.schedule`` over the optimizer steps (``"linear"``: from ``kd_weight`` to
-``kd_weight_end``; ``"constant"``: ``kd_weight``). With several teachers ``L_KD`` is the weighted
-sum of the per-teacher losses (for structural KD this is exactly the loss of the mixture of the
-teachers, since the loss is linear in ``P_t``; the mixed marginals are used directly).
+``L_gold`` and ``L_KD`` are means (the task's ``gold_loss`` and ``kd_loss``); ``T^2`` is
+``structkd.distill.kd_scale(T)``; ``lambda_t`` follows ``KDSettings.schedule`` over the optimizer
+steps (``"linear"``: from ``kd_weight`` to ``kd_weight_end``; ``"constant"``: ``kd_weight``).
 """
 
 from __future__ import annotations
@@ -27,37 +25,27 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from structkd.distill.baselines import token_kd_loss
-from structkd.distill.bridges import mix_targets
-from structkd.distill.objective import check_cross_entropy, kd_loss_from_targets
-from structkd.models.tagger import Tagger
-from structkd.structures.base import StructDistribution
-from structkd.structures.factorized import Factorized
-from structkd.train.cache import KDTargets
+from structkd.distill.temperature import kd_scale
+from structkd.structures.base import NumericalError
 from structkd.train.data import BucketBatchSampler, Part, PartsDataset, StepBatch, StepCollator
-from structkd.train.metrics import entity_counts, scores_from_counts
+from structkd.train.options import KD_SCHEDULES
+from structkd.train.protocol import TrainingHooks
 
 __all__ = [
-    "KD_SCHEDULES",
     "BestModelSaver",
+    "DistillationModule",
     "KDSettings",
-    "TaggerDataModule",
-    "TaggerModule",
-    "kd_losses",
-    "posterior_loss_from_targets",
+    "PartsDataModule",
     "scheduled_kd_weight",
-    "topk_loss_from_targets",
 ]
-
-KD_SCHEDULES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
 class KDSettings:
-    """The KD term of a distillation run: ``method`` (struct, token, topk, topwk, posterior),
-    ``temperature`` ``T``, ``temperature_mode`` (struct only), the weight ``lambda`` of the KD term
-    on labeled batches (``kd_weight`` at the first step, then ``schedule``), ``kd_weight_end``
-    (the last step's weight under ``"linear"``)."""
+    """The KD term of a distillation run: ``method`` (a name of
+    ``structkd.distill.methods.KD_METHODS``), ``temperature`` ``T``, ``temperature_mode``, the
+    weight ``lambda`` of the KD term on labeled batches (``kd_weight`` at the first step, then
+    ``schedule``), ``kd_weight_end`` (the last step's weight under ``"linear"``)."""
 
     method: str
     temperature: float = 1.0
@@ -75,6 +63,20 @@ class KDSettings:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
+
+    @classmethod
+    def of(cls, options: Any) -> KDSettings | None:
+        """The settings of ``DistillOptions`` (``None`` for method ``none``)."""
+        if options.method == "none":
+            return None
+        return cls(
+            options.method,
+            temperature=float(options.temperature),
+            temperature_mode=options.temperature_mode,
+            kd_weight=float(options.kd_weight),
+            kd_weight_end=float(options.kd_weight_end),
+            schedule=options.kd_schedule,
+        )
 
     def weight(self, step: int, total_steps: int) -> float:
         """``lambda`` at optimizer step ``step`` (0-based) of ``total_steps``."""
@@ -94,90 +96,7 @@ def scheduled_kd_weight(module: pl.LightningModule, kd: KDSettings | None) -> fl
     return kd.weight(module.global_step, total)
 
 
-def topk_loss_from_targets(
-    tags: Tensor, log_probs: Tensor, student: StructDistribution, weighted: bool
-) -> Tensor:
-    """Top-K / Top-WK KD ``[batch]`` from cached k-best structures: ``- sum_j w_j log P_s(y_j)``.
-
-    ``tags`` ``[k, batch, seq_len]`` (``-1`` at padding and for missing structures),
-    ``log_probs`` ``[k, batch]`` the teacher's (tempered) log-probabilities (``-inf`` where
-    missing), ``student`` already tempered. ``w_j = 1 / k'`` (uniform over the ``k'`` that exist) or
-    ``softmax_j(log_probs)`` (``weighted``), as ``structkd.distill.topk_kd_loss``.
-    """
-    exists = (tags[:, :, 0] >= 0) & torch.isfinite(log_probs)
-    if weighted:
-        weights = torch.softmax(log_probs.masked_fill(~exists, float("-inf")), dim=0)
-    else:
-        weights = exists.to(log_probs.dtype) / exists.sum(0, keepdim=True).to(log_probs.dtype)
-    tags = torch.where(exists.unsqueeze(-1), tags, tags[:1])
-    student_log_probs = student.log_prob(tags)
-    weights = weights.to(student_log_probs)
-    loss = -torch.where(exists, weights * student_log_probs, torch.zeros_like(student_log_probs))
-    loss = loss.sum(0)
-    check_cross_entropy(loss, student.log_partition, what="top-k KD loss")
-    return loss
-
-
-def posterior_loss_from_targets(marginals: Tensor, student: StructDistribution) -> Tensor:
-    """Posterior KD ``[batch]``: ``sum_i KL(P_t(y_i) || P_s(y_i))`` from cached teacher token
-    marginals ``[batch, seq_len, n_labels]`` and the (tempered) student's token marginals, as
-    ``structkd.distill.posterior_kd_loss``."""
-    student_marginals = student.marginals
-    has_mass = marginals > 0
-    safe_teacher = torch.where(has_mass, marginals, torch.ones_like(marginals))
-    safe_student = torch.where(has_mass, student_marginals, torch.ones_like(student_marginals))
-    loss = (marginals * (torch.log(safe_teacher) - torch.log(safe_student))).sum((-1, -2))
-    check_cross_entropy(loss, what="posterior KD loss")
-    return loss
-
-
-def kd_losses(student: StructDistribution, targets: KDTargets, settings: KDSettings) -> Tensor:
-    """The KD loss ``[batch]`` of one batch (no ``T^2`` factor) for ``settings.method``, from
-    cached teacher outputs ``targets`` and the untempered student distribution."""
-    temperature = float(settings.temperature)
-    method = settings.method
-    local = method == "struct" and settings.temperature_mode == "local"
-    tempered = student.tempered(temperature) if temperature != 1.0 and not local else student
-    weights = targets.weights
-    if method == "struct":
-        mixed = mix_targets(targets.chains(), weights)
-        return kd_loss_from_targets(mixed.to(_potentials(student)), tempered, reduction="none")
-    losses = []
-    for teacher in targets.per_teacher:
-        if method == "token":
-            emissions = teacher["emissions"].to(_potentials(student))
-            losses.append(
-                token_kd_loss(
-                    Factorized(emissions, student.lengths), student, temperature, reduction="none"
-                )
-            )
-        elif method in ("topk", "topwk"):
-            losses.append(
-                topk_loss_from_targets(
-                    teacher["kbest_tags"],
-                    teacher["kbest_log_probs"],
-                    tempered,
-                    weighted=method == "topwk",
-                )
-            )
-        elif method == "posterior":
-            marginals = teacher["marginals"].to(_potentials(student))
-            losses.append(posterior_loss_from_targets(marginals, tempered))
-        else:
-            raise ValueError(f"unknown KD method {method!r}")
-    weights = weights.to(losses[0])
-    return sum(weight * loss for weight, loss in zip(weights, losses, strict=True))
-
-
-def _potentials(distribution: StructDistribution) -> Tensor:
-    for name in ("emissions", "logits", "span_scores"):
-        tensor = getattr(distribution, name, None)
-        if isinstance(tensor, Tensor):
-            return tensor
-    raise TypeError(f"a {type(distribution).__name__} student has no tag potentials")
-
-
-class TaggerDataModule(pl.LightningDataModule):
+class PartsDataModule(pl.LightningDataModule):
     """Training parts and the dev part, batched by ``BucketBatchSampler`` (sharded by rank under
     DDP; run the Trainer with ``use_distributed_sampler=False``)."""
 
@@ -235,28 +154,37 @@ class TaggerDataModule(pl.LightningDataModule):
         return DataLoader(self.dev_set, batch_sampler=sampler, collate_fn=self.dev_collator)
 
 
-class TaggerModule(pl.LightningModule):
-    """Trains a ``Tagger`` on gold tags, cached teacher outputs, or both; validates by dev F1.
+class DistillationModule(pl.LightningModule):
+    """Trains a task's ``model`` on gold labels, cached teacher outputs, or both; validates by
+    the task's dev metric.
 
     Args:
-        tagger: the model trained.
-        learning_rate: Adam's step size.
-        kd: the KD term, or ``None`` to train on gold tags only.
+        model: the model trained.
+        hooks: the task's ``TrainingHooks`` (forward, losses, dev counts and scores, optimizer).
+        learning_rate: the optimizer's step size.
+        kd: the KD term, or ``None`` to train on gold labels only.
 
     After each validation ``dev_scores`` holds the dev scores (identical on every DDP process:
-    entity counts are summed across processes before scoring) and ``history`` one row per epoch.
+    counts are summed across processes before scoring) and ``history`` one row per epoch.
     """
 
-    def __init__(self, tagger: Tagger, *, learning_rate: float, kd: KDSettings | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        hooks: TrainingHooks,
+        *,
+        learning_rate: float,
+        kd: KDSettings | None = None,
+    ):
         super().__init__()
-        self.tagger = tagger
+        self.model = model
+        self.hooks = hooks
         self.learning_rate = learning_rate
         self.kd = kd
-        self.types = list(tagger.vocab.types)
         self.dev_scores: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.last_losses: dict[str, float] = {}
-        self._dev_counts = torch.zeros(len(self.types), 3, dtype=torch.long)
+        self._dev_counts = hooks.zero_counts()
         self._epoch_loss = 0.0
         self._epoch_steps = 0
         self._epoch_started = time.perf_counter()
@@ -267,39 +195,42 @@ class TaggerModule(pl.LightningModule):
         """``lambda`` of the current optimizer step."""
         return scheduled_kd_weight(self, self.kd)
 
-    def step_losses(self, batch: StepBatch) -> dict[str, Tensor]:
+    def step_losses(self, step: StepBatch) -> dict[str, Tensor]:
         """``loss`` (what is minimized) and its parts ``gold``, ``kd`` (scalars; absent when not
-        computed) and the weight ``lambda``, for one batch."""
-        distribution = self.tagger(batch.tagging)
+        computed) and the weight ``lambda``, for one step."""
+        output = self.hooks.forward(self.model, step.batch)
         losses: dict[str, Tensor] = {}
-        if batch.labeled:
-            losses["gold"] = self.tagger.gold_loss(batch.tagging, distribution)
-        if self.kd is not None and batch.targets is not None:
-            scale = float(self.kd.temperature) ** 2
-            losses["kd"] = kd_losses(distribution, batch.targets, self.kd).mean()
-            if batch.labeled:
+        if step.labeled:
+            losses["gold"] = self.hooks.gold_loss(self.model, step.batch, output)
+        if self.kd is not None and step.targets is not None:
+            scale = kd_scale(self.kd.temperature)
+            losses["kd"] = self.hooks.kd_loss(output, step.targets, self.kd)
+            if step.labeled:
                 weight = self.kd_weight()
                 losses["lambda"] = torch.tensor(weight)
                 losses["loss"] = weight * scale * losses["kd"] + (1 - weight) * losses["gold"]
             else:
                 losses["loss"] = scale * losses["kd"]
-        elif batch.labeled:
+        elif step.labeled:
             losses["loss"] = losses["gold"]
         else:
             raise ValueError("an unlabeled batch needs teacher targets (distillation)")
         return losses
 
-    def training_step(self, batch: StepBatch, batch_idx: int) -> Tensor:
-        losses = self.step_losses(batch)
+    def training_step(self, step: StepBatch, batch_idx: int) -> Tensor:
+        losses = self.step_losses(step)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise NumericalError(f"training loss is {float(loss)} at step {self.global_step}")
         self.last_losses = {name: float(value.detach()) for name, value in losses.items()}
         self._epoch_loss += self.last_losses["loss"]
         self._epoch_steps += 1
-        self.log("loss", losses["loss"].detach(), prog_bar=True, batch_size=batch.batch_size)
-        return losses["loss"]
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=step.batch_size)
+        return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        parameters = [p for p in self.tagger.parameters() if p.requires_grad]
-        return torch.optim.Adam(parameters, lr=self.learning_rate)
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        return self.hooks.optimizer(parameters, self.learning_rate)
 
     # -- validation ---------------------------------------------------------------------------
 
@@ -308,21 +239,18 @@ class TaggerModule(pl.LightningModule):
         self._epoch_started = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
-        self._dev_counts = torch.zeros(len(self.types), 3, dtype=torch.long)
+        self._dev_counts = self.hooks.zero_counts()
 
-    def validation_step(self, batch: StepBatch, batch_idx: int) -> None:
-        tagging = batch.tagging
-        predicted = self.tagger.decode(tagging)
-        self._dev_counts += entity_counts(
-            predicted, tagging.label_ids, tagging.lengths, len(self.types)
-        )
+    def validation_step(self, step: StepBatch, batch_idx: int) -> None:
+        self._dev_counts += self.hooks.dev_counts(self.model, step.batch).cpu()
 
     def on_validation_epoch_end(self) -> None:
         counts = self._dev_counts.to(self.device)
         if self.trainer.world_size > 1:
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
-        self.dev_scores = scores_from_counts(counts.cpu(), self.types)
-        self.log("dev_f1", float(self.dev_scores["f1"]), prog_bar=True, sync_dist=False)
+        self.dev_scores = self.hooks.dev_scores(counts.cpu())
+        metric = self.hooks.metric
+        self.log(f"dev_{metric}", float(self.dev_scores[metric]), prog_bar=True, sync_dist=False)
 
     def on_train_epoch_end(self) -> None:
         row = {
@@ -331,19 +259,16 @@ class TaggerModule(pl.LightningModule):
             "seconds": time.perf_counter() - self._epoch_started,
         }
         if self.dev_scores is not None:
-            row.update(
-                {f"dev_{name}": self.dev_scores[name] for name in ("precision", "recall", "f1")}
-            )
+            row.update(self.hooks.history_scores(self.dev_scores))
         self.history.append(row)
 
 
 class BestModelSaver(pl.Callback):
-    """After every validation, if the dev score ``metric`` (F1 for NER, LAS for parsing) beats
-    the best so far (ties keep the earlier epoch), call ``save(model)`` on the global-zero process
-    (the module's ``tagger``, or its ``model``); remembers ``best_score`` (the best value of
-    ``metric``), ``best_epoch`` and ``best_scores``."""
+    """After every validation, if the dev score ``metric`` beats the best so far (ties keep the
+    earlier epoch), call ``save(module.model)`` on the global-zero process; remembers
+    ``best_score`` (the best value of ``metric``), ``best_epoch`` and ``best_scores``."""
 
-    def __init__(self, save: Callable[[Any], Any], metric: str = "f1"):
+    def __init__(self, save: Callable[[Any], Any], metric: str):
         self.save = save
         self.metric = metric
         self.best_score = -1.0
@@ -359,5 +284,4 @@ class BestModelSaver(pl.Callback):
             self.best_epoch = trainer.current_epoch
             self.best_scores = pl_module.dev_scores
             if trainer.is_global_zero:
-                model = getattr(pl_module, "tagger", None)
-                self.save(model if model is not None else pl_module.model)
+                self.save(pl_module.model)

@@ -1,4 +1,4 @@
-"""Training data: sources, text format detection, the bucketed and sharded batch sampler."""
+"""Training data: parts, the bucketed and sharded batch sampler."""
 
 from __future__ import annotations
 
@@ -8,39 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from structkd.data.conll import DataError, Sentence
-from structkd.train.data import (
-    BucketBatchSampler,
-    Part,
-    PartsDataset,
-    guess_text_format,
-    load_labeled,
-    load_text,
-)
-from tests.train import write_conll, write_tokens
-
-
-def test_load_labeled_and_text(tmp_path) -> None:
-    conll = write_conll(tmp_path / "a.conll", 7, seed=1)
-    tokens = write_tokens(tmp_path / "a.txt", 5, seed=1)
-    source = load_labeled(str(conll), max_sentences=4)
-    assert len(source) == 4 and source.scheme == "iob2" and all(s.tags for s in source.sentences)
-    assert source.fingerprint == load_labeled(str(conll), max_sentences=4).fingerprint
-    assert source.fingerprint != load_labeled(str(conll)).fingerprint
-    assert guess_text_format(conll) == "conll" and guess_text_format(tokens) == "tokens"
-    text = load_text(str(tokens))
-    assert len(text) == 5 and text.scheme is None and text.sentences[0].tags is None
-    # the tokens of the same sentences give the same fingerprint whatever the format or tags
-    untagged = load_text(str(conll), keep_tags=False)
-    assert untagged.fingerprint == load_labeled(str(conll)).fingerprint
-    single = tmp_path / "one.conll"
-    single.write_text("Alice B-PER\nmet O\nBob B-PER\n", encoding="utf-8")
-    assert guess_text_format(single) == "conll"
-    assert load_text(str(single)).sentences[0].tags == ["B-PER", "O", "B-PER"]
-    with pytest.raises(ValueError, match="neither a known data set"):
-        load_labeled(str(tmp_path / "missing.conll"))
-    with pytest.raises(DataError, match="bad tag"):
-        load_labeled(str(tokens))
+from structkd.data.conll import Sentence
+from structkd.train.data import BucketBatchSampler, Part, PartsDataset
 
 
 def _sampler_setup(group_sizes: list[int], seed: int):
@@ -119,5 +88,5 @@ def test_parts_dataset() -> None:
     dataset = PartsDataset([Part("train", labeled, True), Part("train", unlabeled, False)])
     assert len(dataset) == 3 and dataset.groups == [[0, 1], [2]] and dataset.lengths == [1, 2, 1]
     assert dataset[2] == (1, 2, unlabeled[0][1])
-    with pytest.raises(ValueError, match="without tags"):
-        Part("train", unlabeled, True)
+    with pytest.raises(ValueError, match="no sentences"):
+        Part("train", [], True)

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from structkd.train import TrainOptions, evaluate, train
-from tests.train import TINY, write_conll
+from structkd.api import TrainOptions, evaluate, train
+from tests.tasks.ner import TINY, write_conll
 
 TINY_ARGS = [f"--arch-override={key}={json.dumps(value)}" for key, value in TINY.items()]
 

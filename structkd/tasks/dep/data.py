@@ -1,0 +1,65 @@
+"""Dependency treebanks: a registered data set name (``twt-tr:train``) or a CoNLL-U file."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from structkd.data.conllu_io import DepSentence, read_conllu
+from structkd.data.datasets import is_dataset_name, load_dataset
+
+__all__ = ["DepSource", "load_dep_source"]
+
+
+@dataclass(frozen=True)
+class DepSource:
+    """Dependency trees read from a named data set (``twt-tr:train``) or a CoNLL-U file."""
+
+    name: str
+    sentences: list[DepSentence]
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the words and UPOS tags of every sentence: what a model reads (not the
+        trees), so it keys the caches of teacher outputs."""
+        digest = hashlib.sha256()
+        for sentence in self.sentences:
+            digest.update("\x1f".join(sentence.words).encode("utf-8"))
+            digest.update(b"\x1d")
+            digest.update("\x1f".join(sentence.upos).encode("utf-8"))
+            digest.update(b"\x1e")
+        return digest.hexdigest()
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(sentence) for sentence in self.sentences]
+
+
+def load_dep_source(
+    spec: str, *, role: str = "train", max_sentences: int | None = None
+) -> DepSource:
+    """A treebank: a registered data set name (``twt-tr:dev``) or a CoNLL-U file (malformed trees
+    stop with the file, line and problem)."""
+    spec = os.fspath(spec)
+    if is_dataset_name(spec):
+        sentences = list(load_dataset(spec))
+        if sentences and not isinstance(sentences[0], DepSentence):
+            raise ValueError(
+                f"{role} data {spec!r} is not a dependency treebank (its records are "
+                f"{type(sentences[0]).__name__}); --task dep reads CoNLL-U trees"
+            )
+    elif Path(spec).is_file():
+        sentences = read_conllu(spec)
+    else:
+        raise ValueError(f"{role} data {spec!r} is neither a known data set nor an existing file")
+    if not sentences:
+        raise ValueError(f"{role} data {spec!r} has no sentences")
+    if max_sentences is not None:
+        sentences = sentences[:max_sentences]
+    return DepSource(spec, sentences)

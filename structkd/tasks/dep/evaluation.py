@@ -1,0 +1,144 @@
+"""Dependency evaluation (UAS, LAS, well-formed rate, speed) and prediction (CoNLL-U out)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import Tensor
+
+from structkd.data.conllu_io import format_conllu
+from structkd.data.dep_batching import DepBatch, DepCollator
+from structkd.models.dep_tagger import SequenceLabelingParser
+from structkd.tasks.dep.data import DepSource, load_dep_source
+from structkd.tasks.dep.metrics import attachment_counts, attachment_scores, scored_word_mask
+from structkd.tasks.dep.model import load_dep_model, scheme_of
+from structkd.train.inference import sorted_batches
+
+__all__ = ["batch_counts", "evaluate_dep", "evaluate_dep_model", "predict_batch", "predict_dep"]
+
+
+def predict_batch(model: torch.nn.Module, batch: DepBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """Heads ``[B, N+1]``, relation ids ``[B, N+1]`` (in ``model.vocab.relations``) and
+    well-formed-before-repair flags ``[B]`` (always True for the parsers, which decode trees)."""
+    scores = model(batch)
+    if isinstance(model, SequenceLabelingParser):
+        prediction = model.decode(batch, scores)
+        return prediction.heads, prediction.rel_ids, prediction.well_formed
+    heads, rel_ids = model.decode(batch, scores)
+    return heads, rel_ids, torch.ones(batch.batch_size, dtype=torch.bool, device=heads.device)
+
+
+def batch_counts(model: torch.nn.Module, batch: DepBatch, *, include_punct: bool) -> Tensor:
+    """``[5]`` counts of one batch: scored words, words with the right head, words with the right
+    head and relation (``attachment_counts``), trees well-formed before repair, trees."""
+    heads, rel_ids, formed = predict_batch(model, batch)
+    counts = attachment_counts(
+        heads,
+        rel_ids,
+        batch.heads,
+        batch.rel_ids,
+        batch.lengths,
+        scored_word_mask(
+            batch.lengths, batch.max_len + 1, batch.punct_mask, include_punct=include_punct
+        ),
+    )
+    trees = torch.tensor([int(formed.sum()), batch.batch_size], device=counts.device)
+    return torch.cat([counts, trees])
+
+
+def evaluate_dep_model(
+    model: torch.nn.Module,
+    source: DepSource,
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    include_punct: bool = False,
+) -> dict[str, Any]:
+    """UAS, LAS (fractions in ``[0, 1]``; punctuation excluded unless ``include_punct``), the rate
+    of well-formed trees before repair, and ``sentences_per_second`` over collation, scoring,
+    decoding and counting of length-sorted batches."""
+    collator = DepCollator(model.vocab, scheme_of(model), labeled=True, strict_relations=False)
+    counts = torch.zeros(3, dtype=torch.long)
+    well_formed = 0
+    was_training = model.training
+    model.eval()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for _, batch in sorted_batches(source.sentences, collator, batch_size, device):
+            found = batch_counts(model, batch, include_punct=include_punct).cpu()
+            counts += found[:3]
+            well_formed += int(found[3])
+    seconds = time.perf_counter() - started
+    model.train(was_training)
+    scores = attachment_scores(counts, well_formed=well_formed, n_trees=len(source))
+    return {
+        **scores,
+        "include_punct": include_punct,
+        "n_sentences": len(source),
+        "n_tokens": sum(source.lengths),
+        "seconds": seconds,
+        "sentences_per_second": len(source) / seconds if seconds > 0 else float("inf"),
+    }
+
+
+def evaluate_dep(
+    model_dir: str | os.PathLike[str],
+    data: str,
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    include_punct: bool = False,
+    max_sentences: int | None = None,
+) -> dict[str, Any]:
+    """``structkd evaluate`` of a dependency model: UAS, LAS, well-formed rate, speed."""
+    model, _ = load_dep_model(model_dir, device=device)
+    source = load_dep_source(data, role="evaluation", max_sentences=max_sentences)
+    scores = evaluate_dep_model(
+        model, source, batch_size=batch_size, device=device, include_punct=include_punct
+    )
+    return {"model": os.fspath(model_dir), "data": data, **scores}
+
+
+def predict_dep(
+    model_dir: str | os.PathLike[str],
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str] | TextIO | None = None,
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    input_format: str = "auto",
+    scheme: str = "bioes",
+) -> int:
+    """Parse ``input`` (a CoNLL-U file or a treebank name; its UPOS column is read, its HEAD and
+    DEPREL are replaced) and write CoNLL-U to ``output`` (path, stream, or standard output);
+    returns the number of sentences. Multiword tokens, empty nodes and comments are kept.
+    ``input_format`` and ``scheme`` are the NER options: a treebank is always CoNLL-U, its
+    relations the model's own."""
+    model, _ = load_dep_model(model_dir, device=device)
+    source = load_dep_source(os.fspath(input), role="input")
+    collator = DepCollator(model.vocab, scheme_of(model), labeled=False)
+    heads: list[list[int]] = [[] for _ in source.sentences]
+    relations: list[list[str]] = [[] for _ in source.sentences]
+    with torch.inference_mode():
+        for indices, batch in sorted_batches(source.sentences, collator, batch_size, device):
+            batch_heads, rel_ids, _ = predict_batch(model, batch)
+            for row, index in enumerate(indices):
+                length = len(source.sentences[index])
+                heads[index] = batch_heads[row, 1 : length + 1].tolist()
+                relations[index] = [
+                    model.vocab.relations[r] for r in rel_ids[row, 1 : length + 1].tolist()
+                ]
+    text = format_conllu(source.sentences, heads, relations)
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    elif hasattr(output, "write"):
+        output.write(text)  # type: ignore[union-attr]
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+    return len(source.sentences)

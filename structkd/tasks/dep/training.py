@@ -1,0 +1,253 @@
+"""Dependency training runs: the ``TrainingHooks`` of a parser or a sequence-labeling student,
+and the preparation of ``train`` and ``distill`` runs for the engine's fit loop
+(``structkd.train.fit``).
+
+The loss of a student: ``lambda * T^2 * L_KD + (1 - lambda) * L_gold`` with both terms means over
+words; ``L_KD = - sum_i sum_l P_t(label_i = l) log softmax(s_i / T)[l]``, which for a per-word
+softmax student is exactly the structural KD cross-entropy (``struct``: the teacher's tree
+marginals; ``token``: its local head and relation softmax). Model selection is on dev LAS.
+
+Projective teachers (``parser-projective``, ``parser-sibling-exact``) train on the projective
+trees of the training data (the others are dropped and counted in ``metrics.json``); every model
+is evaluated on all trees.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from structkd.data.conllu_io import projective_subset
+from structkd.data.dep_batching import DepCollator, DepVocab
+from structkd.data.dep_encodings import DepLabelScheme
+from structkd.distill.bridges import check_weights
+from structkd.models.parser import PROJECTIVE_MODES
+from structkd.tasks.dep.data import DepSource, load_dep_source
+from structkd.tasks.dep.evaluation import batch_counts, evaluate_dep_model
+from structkd.tasks.dep.metrics import attachment_scores
+from structkd.tasks.dep.model import (
+    architecture,
+    build_model,
+    load_dep_model,
+    model_config,
+    save_dep_model,
+    scheme_of,
+)
+from structkd.tasks.dep.targets import DepTargetReader, DepTargets, dep_kd_loss, ensure_dep_targets
+from structkd.train.data import Part
+from structkd.train.fit import PreparedRun
+from structkd.train.module import KDSettings
+from structkd.train.options import DistillOptions, TrainOptions
+from structkd.train.runtime import cache_dir, configure_runtime, inference_device, seed
+from structkd.train.store import read_meta
+
+__all__ = ["ParserHooks", "prepare_distill", "prepare_train"]
+
+
+class ParserHooks:
+    """The ``TrainingHooks`` of a parser or a student: model selection on dev LAS."""
+
+    metric = "las"
+
+    def __init__(
+        self,
+        *,
+        arch: str,
+        dev: DepSource,
+        test: DepSource | None,
+        options: TrainOptions,
+        include_punct: bool = False,
+    ):
+        self.arch = arch
+        self.dev = dev
+        self.test = test
+        self.options = options
+        self.include_punct = include_punct
+
+    def forward(self, model: torch.nn.Module, batch: Any) -> Any:
+        return model(batch)
+
+    def gold_loss(self, model: torch.nn.Module, batch: Any, output: Any) -> Tensor:
+        return model.gold_loss(batch, output)
+
+    def kd_loss(self, output: Tensor, targets: DepTargets, kd: KDSettings) -> Tensor:
+        return dep_kd_loss(output, targets, float(kd.temperature))
+
+    def zero_counts(self) -> Tensor:
+        return torch.zeros(5, dtype=torch.long)
+
+    def dev_counts(self, model: torch.nn.Module, batch: Any) -> Tensor:
+        return batch_counts(model, batch, include_punct=self.include_punct)
+
+    def dev_scores(self, counts: Tensor) -> dict[str, Any]:
+        return attachment_scores(counts[:3], well_formed=int(counts[3]), n_trees=int(counts[4]))
+
+    def history_scores(self, scores: dict[str, Any]) -> dict[str, Any]:
+        return {"dev_uas": scores["uas"], "dev_las": scores["las"]}
+
+    def optimizer(self, parameters: Iterable[Tensor], learning_rate: float) -> Any:
+        return torch.optim.Adam(parameters, lr=learning_rate, betas=(0.9, 0.9))
+
+    def save(self, directory: str | os.PathLike[str], model: torch.nn.Module) -> None:
+        save_dep_model(directory, model, arch=self.arch)
+
+    def load(self, directory: str | os.PathLike[str], device: str) -> torch.nn.Module:
+        return load_dep_model(directory, device=device)[0]
+
+    def model_entries(self, model: torch.nn.Module) -> dict[str, Any]:
+        scheme = scheme_of(model)
+        return {
+            "config": model.config.to_dict(),
+            "encoding": None if scheme is None else scheme.encoding,
+            "n_labels": None if scheme is None else scheme.n_labels,
+        }
+
+    def n_parameters(self, model: torch.nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    def final_scores(self, model: torch.nn.Module, device: str) -> dict[str, dict[str, Any]]:
+        evaluations = {}
+        for name, source in (("dev", self.dev), ("test", self.test)):
+            if source is not None:
+                evaluations[name] = {
+                    "data": source.name,
+                    **evaluate_dep_model(
+                        model, source, batch_size=self.options.eval_batch_size, device=device
+                    ),
+                }
+        return evaluations
+
+
+def _prepare_data(
+    options: TrainOptions, spec: dict[str, str], config: Any
+) -> tuple[DepSource, DepSource, DepSource | None, DepVocab, DepLabelScheme | None, dict]:
+    """The training, dev and test trees, the vocabulary (dev and test words included), the
+    student's label scheme (``None`` for a parser) and the ``metrics.json`` entries describing
+    them. Projective parsers keep the projective training trees only."""
+    train_source = load_dep_source(
+        options.train, role="train", max_sentences=options.max_train_sentences
+    )
+    dev = load_dep_source(options.dev, role="dev")
+    test = None if options.test is None else load_dep_source(options.test, role="test")
+    extra: dict[str, Any] = {
+        "data": {"train": train_source.name, "n_train_sentences": len(train_source)}
+    }
+    if spec["kind"] == "parser" and config.mode in PROJECTIVE_MODES:
+        kept = projective_subset(train_source.sentences)
+        extra["data"]["training_trees"] = "projective subset"
+        extra["data"]["non_projective_dropped"] = len(train_source) - len(kept)
+        if not kept:
+            raise ValueError(f"train data {options.train!r} has no projective tree")
+        train_source = DepSource(train_source.name + " (projective)", kept)
+        extra["data"]["n_train_sentences"] = len(kept)
+    vocab = DepVocab.build(
+        train_source.sentences,
+        extra_words=[
+            w for source in (dev, test) if source for s in source.sentences for w in s.words
+        ],
+    )
+    scheme = None
+    if spec["kind"] == "student":
+        scheme = DepLabelScheme.from_sentences(train_source.sentences, encoding=spec["encoding"])
+        extra["label_coverage_dev"] = scheme.coverage(dev.sentences)
+    return train_source, dev, test, vocab, scheme, extra
+
+
+def _run(
+    options: TrainOptions,
+    command: str,
+    model: torch.nn.Module,
+    train_source: DepSource,
+    dev: DepSource,
+    test: DepSource | None,
+    readers: dict[str, Any],
+    kd: KDSettings | None,
+    extra: dict[str, Any],
+) -> PreparedRun:
+    scheme = scheme_of(model)
+    return PreparedRun(
+        options=options,
+        command=command,
+        model=model,
+        hooks=ParserHooks(arch=options.arch, dev=dev, test=test, options=options),
+        train_parts=[Part("train", list(enumerate(train_source.sentences)), labeled=True)],
+        dev_part=Part("dev", list(enumerate(dev.sentences)), labeled=True),
+        collators={
+            "train": DepCollator(model.vocab, scheme, labeled=True),
+            "dev": DepCollator(model.vocab, scheme, labeled=True, strict_relations=False),
+        },
+        target_readers=readers,
+        kd=kd,
+        extra=extra,
+    )
+
+
+def prepare_train(options: TrainOptions) -> PreparedRun:
+    """A parser teacher, or a student without KD, on gold trees."""
+    spec = architecture(options.arch)
+    configure_runtime(options.num_threads)
+    config = model_config(options.arch, options.arch_overrides)
+    train_source, dev, test, vocab, scheme, extra = _prepare_data(options, spec, config)
+    seed(options.seed)
+    model = build_model(options.arch, config, vocab, scheme)
+    return _run(options, "train", model, train_source, dev, test, {}, None, extra)
+
+
+def prepare_distill(options: DistillOptions) -> PreparedRun:
+    """A sequence-labeling student from one parser teacher or an ensemble. Teacher label
+    distributions are computed once per (teacher, data, labels, method, temperature) and cached;
+    ``metrics.json`` records the mass each teacher put on heads the student's labels cannot
+    express (``teacher_lost_mass``)."""
+    spec = architecture(options.arch)
+    if spec["kind"] != "student":
+        raise ValueError(f"distill trains a student-dep-* architecture; got {options.arch!r}")
+    configure_runtime(options.num_threads)
+    config = model_config(options.arch, options.arch_overrides)
+    train_source, dev, test, vocab, scheme, extra = _prepare_data(options, spec, config)
+    assert scheme is not None
+    readers: dict[str, Any] = {}
+    kd = KDSettings.of(options)
+    if kd is not None:
+        raw = options.teacher_weights or [1.0] * len(options.teachers)
+        if len(raw) != len(options.teachers) or any(w < 0 for w in raw) or not sum(raw):
+            raise ValueError("--teacher-weights: one non-negative weight per teacher, not all 0")
+        weights = check_weights(torch.tensor(raw, dtype=torch.float64) / sum(raw), len(raw))
+        device = inference_device(options.accelerator)
+        entries, report = [], []
+        for teacher in options.teachers:
+            directory, built = ensure_dep_targets(
+                teacher,
+                train_source,
+                scheme,
+                method=options.method,
+                temperature=options.temperature,
+                cache_dir=cache_dir(options.cache_dir),
+                device=device,
+            )
+            entries.append(directory)
+            report.append(
+                {
+                    "teacher": os.fspath(teacher),
+                    "cache": os.fspath(directory),
+                    "built": built,
+                    "mean_lost_mass": read_meta(directory)["mean_lost_mass"],
+                }
+            )
+        readers["train"] = DepTargetReader(entries, weights.float())
+        extra["distillation"] = {
+            "method": options.method,
+            "temperature": options.temperature,
+            "temperature_mode": options.temperature_mode,
+            "teachers": report,
+            "teacher_weights": weights.tolist(),
+        }
+        extra["teacher_lost_mass"] = sum(
+            w * r["mean_lost_mass"] for w, r in zip(weights.tolist(), report, strict=True)
+        )
+    seed(options.seed)
+    model = build_model(options.arch, config, vocab, scheme)
+    return _run(options, "distill", model, train_source, dev, test, readers, kd, extra)
