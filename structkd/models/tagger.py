@@ -3,7 +3,7 @@
 ``Tagger(config, vocab)(batch)`` is a distribution over the BIOES structures of each sentence
 (``LinearChainCRF``, ``Factorized`` or ``SemiMarkovSpans``), the object a distillation loss reads.
 
-Named architectures (``ARCHITECTURES``; sizes of the feasibility run in DESIGN.md section 5):
+Named architectures (``ARCHITECTURES``; the sizes of a first feasibility run on CoNLL-2003):
 
 * ``teacher-crf`` / ``teacher-softmax`` / ``teacher-span``: frozen MiniLM features (mean of the
   last 4 layers, first subword) + GloVe 50d (frozen) + character CNN (50 filters), BiLSTM 256 per

@@ -4,7 +4,7 @@ A structure of a sentence of ``n`` tokens is a set of non-overlapping labeled sp
 (inclusive, ``j - i < max_width``); every token outside a span is ``O``. With tempered potentials
 ``phi(i, j, r) = s(i, j, r) / T`` (relative to the span's tokens being ``O``, which score 0):
 ``Score(y) = sum_{(i, j, r) in y} phi(i, j, r)``. Forward ``A`` over prefixes, backward ``B`` over
-suffixes (DESIGN.md, case 4)::
+suffixes (case 4 of docs/design.md)::
 
     A[0] = 0,  A[m+1] = logaddexp(A[m], logsumexp_{i <= m, r} A[i] + phi(i, m, r))
     B[n] = 0,  B[m]   = logaddexp(B[m+1], logsumexp_{j >= m, r} phi(m, j, r) + B[j+1])
