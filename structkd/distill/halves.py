@@ -189,7 +189,7 @@ def teacher_half(
     student_kind = _chain_kind(student_kind)
     temperature = check_temperature(temperature)
     temperature_mode = check_temperature_mode(temperature_mode)
-    if method in ("topk", "topwk"):
+    if method_named(method).uses_k:
         k = _check_k(k)
     if method == "token":
         found = {"emissions": token_emissions(teacher, "teacher")}
