@@ -8,8 +8,12 @@ The loss of a training step (the paper's recipe):
     no KD:            L_gold
 
 ``L_gold`` and ``L_KD`` are means (the task's ``gold_loss`` and ``kd_loss``); ``T^2`` is
-``structkd.distill.kd_scale(T)``; ``lambda_t`` follows ``KDSettings.schedule`` over the optimizer
-steps (``"linear"``: from ``kd_weight`` to ``kd_weight_end``; ``"constant"``: ``kd_weight``).
+``structkd.distill.kd_scale(T)``; ``lambda_t`` follows ``KDSettings.schedule`` (``"linear"``:
+from ``kd_weight`` to ``kd_weight_end`` over the optimizer steps; ``"constant"``: ``kd_weight``;
+``"reference"``: ``kd_weight * max(0, 1 - 0.005 * epoch)``, the authors' recipe).
+
+Each epoch's history row holds the mean training loss and, where computed, the mean gold loss,
+KD loss (without ``T^2``) and ``lambda`` of its steps.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch.utils.data import DataLoader
 from structkd.distill.temperature import kd_scale
 from structkd.structures.base import NumericalError
 from structkd.train.data import BucketBatchSampler, Part, PartsDataset, StepBatch, StepCollator
-from structkd.train.options import KD_SCHEDULES
+from structkd.train.options import KD_SCHEDULES, REFERENCE_DECAY
 from structkd.train.protocol import TrainingHooks
 
 __all__ = [
@@ -45,7 +49,8 @@ class KDSettings:
     """The KD term of a distillation run: ``method`` (a name of
     ``structkd.distill.methods.KD_METHODS``), ``temperature`` ``T``, ``temperature_mode``, the
     weight ``lambda`` of the KD term on labeled batches (``kd_weight`` at the first step, then
-    ``schedule``), ``kd_weight_end`` (the last step's weight under ``"linear"``)."""
+    ``schedule``), ``kd_weight_end`` (the last step's weight under ``"linear"``; unused by the
+    others)."""
 
     method: str
     temperature: float = 1.0
@@ -78,8 +83,11 @@ class KDSettings:
             schedule=options.kd_schedule,
         )
 
-    def weight(self, step: int, total_steps: int) -> float:
-        """``lambda`` at optimizer step ``step`` (0-based) of ``total_steps``."""
+    def weight(self, step: int, total_steps: int, epoch: int = 0) -> float:
+        """``lambda`` at optimizer step ``step`` (0-based) of ``total_steps``, in ``epoch``
+        (0-based)."""
+        if self.schedule == "reference":
+            return float(self.kd_weight) * max(0.0, 1.0 - REFERENCE_DECAY * epoch)
         if self.schedule == "constant" or total_steps <= 1:
             return float(self.kd_weight)
         progress = min(1.0, step / (total_steps - 1))
@@ -93,7 +101,7 @@ def scheduled_kd_weight(module: pl.LightningModule, kd: KDSettings | None) -> fl
         return 0.0
     total = module.trainer.estimated_stepping_batches if module._trainer is not None else 1
     total = int(total) if math.isfinite(total) else 1
-    return kd.weight(module.global_step, total)
+    return kd.weight(module.global_step, total, module.current_epoch)
 
 
 class PartsDataModule(pl.LightningDataModule):
@@ -185,7 +193,7 @@ class DistillationModule(pl.LightningModule):
         self.history: list[dict[str, Any]] = []
         self.last_losses: dict[str, float] = {}
         self._dev_counts = hooks.zero_counts()
-        self._epoch_loss = 0.0
+        self._epoch_sums: dict[str, tuple[float, int]] = {}
         self._epoch_steps = 0
         self._epoch_started = time.perf_counter()
 
@@ -223,7 +231,9 @@ class DistillationModule(pl.LightningModule):
         if not torch.isfinite(loss):
             raise NumericalError(f"training loss is {float(loss)} at step {self.global_step}")
         self.last_losses = {name: float(value.detach()) for name, value in losses.items()}
-        self._epoch_loss += self.last_losses["loss"]
+        for name, value in self.last_losses.items():
+            total, count = self._epoch_sums.get(name, (0.0, 0))
+            self._epoch_sums[name] = (total + value, count + 1)
         self._epoch_steps += 1
         self.log("loss", loss.detach(), prog_bar=True, batch_size=step.batch_size)
         return loss
@@ -235,7 +245,7 @@ class DistillationModule(pl.LightningModule):
     # -- validation ---------------------------------------------------------------------------
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_loss, self._epoch_steps = 0.0, 0
+        self._epoch_sums, self._epoch_steps = {}, 0
         self._epoch_started = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
@@ -253,11 +263,17 @@ class DistillationModule(pl.LightningModule):
         self.log(f"dev_{metric}", float(self.dev_scores[metric]), prog_bar=True, sync_dist=False)
 
     def on_train_epoch_end(self) -> None:
+        means = {name: total / count for name, (total, count) in self._epoch_sums.items()}
         row = {
             "epoch": self.current_epoch,
-            "train_loss": self._epoch_loss / max(1, self._epoch_steps),
+            "train_loss": means.get("loss", 0.0),
             "seconds": time.perf_counter() - self._epoch_started,
         }
+        for name, key in (("gold", "train_gold_loss"), ("kd", "train_kd_loss")):
+            if name in means:
+                row[key] = means[name]
+        if "lambda" in means:
+            row["kd_weight"] = means["lambda"]
         if self.dev_scores is not None:
             row.update(self.hooks.history_scores(self.dev_scores))
         self.history.append(row)

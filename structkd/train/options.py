@@ -11,6 +11,7 @@ from structkd.distill.methods import DEFAULT_METHOD, KD_METHODS, TEMPERATURE_MOD
 
 __all__ = [
     "KD_SCHEDULES",
+    "REFERENCE_DECAY",
     "DistillOptions",
     "TrainOptions",
     "check_distill_options",
@@ -18,7 +19,12 @@ __all__ = [
     "positive_int",
 ]
 
-KD_SCHEDULES = ("linear", "constant")
+KD_SCHEDULES = ("linear", "constant", "reference")
+"""How the KD weight ``lambda`` moves during training (``structkd.train.module.KDSettings``):
+``linear`` from ``kd_weight`` to ``kd_weight_end`` over the optimizer steps; ``constant``
+``kd_weight``; ``reference``, the authors' recipe, ``kd_weight * max(0, 1 - 0.005 * epoch)``."""
+REFERENCE_DECAY = 0.005
+"""The per-epoch decay of the ``reference`` schedule."""
 
 
 @dataclass
@@ -73,11 +79,12 @@ class DistillOptions(TrainOptions):
     KD, exact; ``token``, ``topk``, ``topwk``, ``posterior``; ``none``: gold only).
     ``temperature`` ``T`` and ``temperature_mode`` (``global`` or ``local``; struct only). ``k``:
     structures of top-k methods. The KD weight ``lambda`` on labeled batches starts at
-    ``kd_weight`` and follows ``kd_schedule`` (``linear`` to ``kd_weight_end``, or
-    ``constant``); the KD term is multiplied by ``T^2``; unlabeled sentences contribute the KD
-    term only. ``unlabeled``: extra unlabeled text (a data set, a file of the task's format or
-    one tokenized sentence per line); ``labeled_fraction``: keep the labels of only the first
-    fraction of the training sentences (the rest become unlabeled).
+    ``kd_weight`` and follows ``kd_schedule`` (``linear`` to ``kd_weight_end``, ``constant``, or
+    ``reference``: ``kd_weight * max(0, 1 - 0.005 * epoch)``, the authors' recipe); the KD term
+    is multiplied by ``T^2``; unlabeled sentences contribute the KD term only. ``unlabeled``:
+    extra unlabeled text (a data set, a file of the task's format or one tokenized sentence per
+    line); ``labeled_fraction``: keep the labels of only the first fraction of the training
+    sentences (the rest become unlabeled).
     """
 
     arch: str = "student-crf"

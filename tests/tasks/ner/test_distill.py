@@ -159,6 +159,13 @@ def test_every_method_trains(teachers, tmp_path, method) -> None:
     assert metrics["distillation"]["method"] == method
     assert 0.0 <= metrics["dev"]["f1"] <= 1.0 and metrics["optimizer_steps"] == 4
     assert np.isfinite(metrics["history"][0]["train_loss"])
+    # every epoch records its mean gold and KD losses and KD weight
+    first = metrics["history"][0]
+    assert first["train_gold_loss"] > 0
+    if method == "none":
+        assert "train_kd_loss" not in first and "kd_weight" not in first
+    else:
+        assert first["train_kd_loss"] > 0 and 0.0 <= first["kd_weight"] <= 1.0
     expected_head = "softmax" if arch == "student-softmax" else "crf"
     assert load_tagger(metrics["model_dir"])[1].config.head == expected_head
 
