@@ -20,6 +20,7 @@ Conventions shared by every class:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -80,16 +81,92 @@ def check_temperature(temperature: float) -> float:
     return temperature
 
 
-def check_potentials(name: str, tensor: Tensor, dims: int, shape_doc: str) -> Tensor:
-    """Check a potentials tensor: a floating tensor of ``dims`` dimensions with no NaN."""
+def check_potentials(
+    name: str, tensor: Tensor, dims: int, shape_doc: str, *, nan: bool = True
+) -> Tensor:
+    """Check a potentials tensor: a floating tensor of ``dims`` dimensions with no NaN (with
+    ``nan=False`` the values are left to :func:`check_potential_values`, which ignores padding)."""
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor {shape_doc}, got {type(tensor).__name__}")
     if tensor.dim() != dims:
         raise ValueError(f"{name} must have shape {shape_doc}, got {list(tensor.shape)}")
     if not tensor.dtype.is_floating_point:
         raise ValueError(f"{name} must be a floating tensor, got {tensor.dtype}")
-    if torch.isnan(tensor).any():
+    if nan and torch.isnan(tensor).any():
         raise NumericalError(f"{name} contains NaN")
+    return tensor
+
+
+# The exactness range: every finite potential divided by the temperature must be at most this in
+# absolute value (per dtype of the computation), else a constructor raises ``ValueError`` rather
+# than return a wrong number. Results carry the rounding of their dtype relative to the size of
+# ``log Z`` (about ``len * max|s / T|``): float32 about ``1e-7 |log Z|``, float64 ``1e-16 |log Z|``,
+# so near-deterministic distributions may show a log-probability or entropy off zero by that
+# much (``|s| = 1e4`` in float32: ~1e-3; ``|s| = 1e6`` in float64: ~1e-9), never more. Beyond the
+# range, float32 rounding swamps log-probabilities (``log_prob(argmax) > 0``, negative entropies at
+# ``|s| = 1e6``) and at 1e30 float64 sums of tree scores lose every digit of their differences.
+MAX_ABS_POTENTIAL = {torch.float64: 1e7, torch.float32: 1e5}
+
+
+# Half-precision potentials are computed in this dtype (float16 overflows a log-partition above
+# 65504 and bfloat16 keeps 3 digits); results then come back in it.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a class computes and returns results in for potentials of ``dtype``: float32 for
+    float16 and bfloat16, the dtype itself otherwise."""
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
+
+
+def upcast(tensor: Tensor) -> Tensor:
+    """``tensor`` in :func:`compute_dtype` (differentiable; gradients reach the caller's dtype)."""
+    return tensor.float() if tensor.dtype in _HALF_DTYPES else tensor
+
+
+def check_potential_values(
+    name: str, tensor: Tensor, keep: Tensor | None, temperature: float
+) -> Tensor:
+    """Check the values of a potentials tensor where they are used; returns the tensor to use.
+
+    ``keep`` (broadcastable to ``tensor``, bool) is True where a potential is read (inside a
+    sentence); elsewhere (padding, ignored entries) anything goes, NaN included: those entries are
+    replaced by 0 in the returned tensor (a copy, made only when such an entry exists). Inside
+    ``keep``, a NaN raises ``NumericalError``, ``+inf`` raises ``ValueError`` and a finite
+    ``|potential / temperature|`` above :data:`MAX_ABS_POTENTIAL` of its dtype raises
+    ``ValueError`` (outside the exactness range). One reduction and one host sync when every
+    value is in range.
+    """
+    if tensor.numel() == 0:
+        return tensor
+    bound = MAX_ABS_POTENTIAL.get(tensor.dtype, MAX_ABS_POTENTIAL[torch.float32])
+    limit = bound * temperature
+    with torch.no_grad():
+        low, high = (float(v) for v in torch.aminmax(tensor.detach()))
+    if not (math.isnan(high) or high > limit or low < -limit):
+        return tensor
+    with torch.no_grad():
+        values = tensor.detach()
+        outside = values.new_zeros((), dtype=torch.bool).expand_as(values)
+        if keep is not None:
+            outside = ~keep.expand_as(values)
+        used = values.masked_fill(outside, 0.0)
+        if torch.isnan(used).any():
+            raise NumericalError(f"{name} contains NaN")
+        if torch.isposinf(used).any():
+            raise ValueError(f"{name} contains +inf (use finite scores, -inf forbids)")
+        finite = used.masked_fill(~torch.isfinite(used), 0.0)
+        largest = float(finite.abs().amax())
+        strange = outside & ~(values.abs() <= limit)  # NaN, +-inf or huge, where unused
+    if largest > limit:
+        raise ValueError(
+            f"{name} holds a finite score of magnitude {largest:.3g} (divided by the temperature "
+            f"{temperature:g}: {largest / temperature:.3g}), beyond the exactness range "
+            f"|s / T| <= {bound:g} of structkd.structures in {tensor.dtype} (use float64 up to "
+            f"{MAX_ABS_POTENTIAL[torch.float64]:g}; -inf forbids)"
+        )
+    if bool(strange.any()):
+        return tensor.masked_fill(strange, 0.0)
     return tensor
 
 
@@ -151,6 +228,63 @@ def autograd_marginals(
     return log_z, marginals
 
 
+# Public results whose first dimension is the batch (properties) and methods whose second is.
+_BATCH_FIRST = (
+    "log_partition",
+    "marginals",
+    "log_marginals",
+    "pair_marginals",
+    "sibling_marginals",
+    "bioes_marginals",
+    "bioes_pair_marginals",
+    "entropy",
+    "argmax",
+)
+_BATCH_SECOND = ("kbest", "sample")
+_BATCH_LAST = ("score", "log_prob", "expected_score")
+
+
+def _slice_empty(result: Any, dim: int, anchor: Tensor | None) -> Any:
+    """``result`` of a one-sentence stand-in cut to an empty batch along ``dim``; floating results
+    are tied to ``anchor`` (0 with the potentials' graph) so that a loss on them backpropagates."""
+    if isinstance(result, tuple):
+        return tuple(_slice_empty(part, dim, anchor) for part in result)
+    empty = result.narrow(dim, 0, 0)
+    if anchor is not None and empty.dtype.is_floating_point:
+        empty = empty + anchor.to(empty.dtype)
+    return empty
+
+
+def _empty_aware(name: str, function: Callable[..., Any], kind: str) -> Callable[..., Any]:
+    """Wrap a public accessor: on an empty batch, answer with the shapes of a one-sentence
+    stand-in (:meth:`StructDistribution._single_sentence`) cut to zero sentences."""
+
+    @functools.wraps(function)
+    def wrapper(self: StructDistribution, *args: Any, **kwargs: Any) -> Any:
+        if self.batch_size:
+            return function(self, *args, **kwargs)
+        stand_in, anchor = self._empty_stand_in()
+        if kind == "last":
+            value = args[0] if args else next(iter(kwargs.values()), None)
+            if name != "expected_score" and (
+                not isinstance(value, Tensor) or value.dim() < 2 or value.shape[-2] != 0
+            ):
+                raise ValueError(
+                    f"value must have shape [..., batch, ...] with batch 0, got "
+                    f"{list(getattr(value, 'shape', [])) or type(value).__name__}"
+                )
+            leading = () if name == "expected_score" else tuple(value.shape[:-2])
+            dtype = stand_in.log_partition.dtype
+            empty = torch.zeros((*leading, 0), dtype=dtype, device=stand_in.lengths.device)
+            return empty if anchor is None else empty + anchor.to(dtype)
+        result = getattr(type(stand_in), name).__get__(stand_in)
+        if kind == "first":
+            return _slice_empty(result, 0, anchor)
+        return _slice_empty(result(*args, **kwargs), 1, anchor)
+
+    return wrapper
+
+
 class StructDistribution:
     """Base class: a batch of distributions over structures, one per sentence.
 
@@ -164,6 +298,35 @@ class StructDistribution:
     * ``argmax``, ``kbest(k)``, ``sample(n)`` where the structure admits them
     * ``tempered(T)``: the same distribution with potentials further divided by ``T``
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every public accessor a class defines answers an empty batch with empty results."""
+        super().__init_subclass__(**kwargs)
+        for name, kind in (
+            *((name, "first") for name in _BATCH_FIRST),
+            *((name, "second") for name in _BATCH_SECOND),
+            *((name, "last") for name in _BATCH_LAST),
+        ):
+            attribute = cls.__dict__.get(name)
+            if isinstance(attribute, property) and kind == "first":
+                getter = _empty_aware(name, attribute.fget, kind)
+                setattr(cls, name, property(getter, doc=attribute.__doc__))
+            elif callable(attribute) and kind != "first":
+                setattr(cls, name, _empty_aware(name, attribute, kind))
+
+    def _single_sentence(self) -> tuple[StructDistribution, list[Tensor]]:
+        """A one-sentence distribution with this one's options and potential shapes (length 1,
+        zero potentials), and the potentials of this one: what an empty batch answers with."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def _empty_stand_in(self) -> tuple[StructDistribution, Tensor | None]:
+        cache = self.__dict__.setdefault("_lazy_cache", {})
+        if "_stand_in" not in cache:
+            stand_in, potentials = self._single_sentence()
+            graph = torch.is_grad_enabled() and any(p.requires_grad for p in potentials)
+            anchor = sum(p.sum() for p in potentials) if graph else None
+            cache["_stand_in"] = (stand_in, anchor)
+        return cache["_stand_in"]
 
     def __init__(self, lengths: Tensor, temperature: float, batch_size: int, max_len: int):
         self.temperature = check_temperature(temperature)

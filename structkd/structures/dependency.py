@@ -22,11 +22,12 @@ import torch
 from torch import Tensor
 
 from structkd.structures.base import (
-    NumericalError,
     StructDistribution,
     autograd_marginals,
+    check_potential_values,
     check_potentials,
     lazy_property,
+    upcast,
 )
 
 __all__ = ["DependencyCRF", "HeadSelection", "is_projective", "is_tree"]
@@ -169,9 +170,7 @@ def _chain_heads(shape: torch.Size, lengths: Tensor) -> Tensor:
 
 
 def _check_arc_scores(arc_scores: Tensor) -> None:
-    """``check_potentials`` for ``arc_scores`` plus square shape and no ``+inf``, with one reduction
-    and one host sync: the maximum is NaN when any entry is (``isnan().any()`` costs as much again).
-    """
+    """The type, rank and square shape of ``arc_scores`` (values: ``check_potential_values``)."""
     if not (
         isinstance(arc_scores, Tensor)
         and arc_scores.dim() == 3
@@ -184,11 +183,14 @@ def _check_arc_scores(arc_scores: Tensor) -> None:
             f"arc_scores must have shape {_ARC_SHAPE} (square, at least 2), "
             f"got {list(arc_scores.shape)}"
         )
-    highest = float(arc_scores.detach().amax()) if arc_scores.numel() else 0.0
-    if math.isnan(highest):
-        raise NumericalError("arc_scores contains NaN")
-    if highest == math.inf:
-        raise ValueError("arc_scores contains +inf (use finite scores, -inf forbids an arc)")
+
+
+def _allowed_arcs(lengths: Tensor, size: int) -> Tensor:
+    """``[batch, size, size]`` bool: head in ``0..len``, dependent in ``1..len``, no self-loop."""
+    positions = torch.arange(size, device=lengths.device)
+    heads_ok = positions <= lengths.view(-1, 1)
+    mask = heads_ok.unsqueeze(-1) & _word_mask(lengths, size).unsqueeze(-2)
+    return mask & (positions.view(-1, 1) != positions.view(1, -1))
 
 
 class _ArcFactored(StructDistribution):
@@ -199,17 +201,18 @@ class _ArcFactored(StructDistribution):
         batch, rows, _ = arc_scores.shape
         lengths = torch.as_tensor(lengths, device=arc_scores.device)
         super().__init__(lengths, temperature, batch, rows - 1)
-        self.arc_scores = arc_scores
         self.size = rows
+        arc_scores = upcast(arc_scores)
+        self.arc_scores = arc_scores  # arc_mask reads the device
+        self.arc_scores = check_potential_values(
+            "arc_scores", arc_scores, self.arc_mask, self.temperature
+        )
 
     @lazy_property
     def arc_mask(self) -> Tensor:
         """``[batch, seq_len + 1, seq_len + 1]`` bool: the arcs a structure may use (head in
         ``0..len``, dependent in ``1..len``, no self-loop)."""
-        positions = torch.arange(self.size, device=self.arc_scores.device)
-        heads_ok = positions <= self.lengths.view(-1, 1)
-        mask = heads_ok.unsqueeze(-1) & _word_mask(self.lengths, self.size).unsqueeze(-2)
-        return mask & (positions.view(-1, 1) != positions.view(1, -1))
+        return _allowed_arcs(self.lengths, self.size)
 
     @property
     def tempered_scores(self) -> Tensor:
@@ -407,6 +410,11 @@ class HeadSelection(_ArcFactored):
     def tempered(self, temperature: float) -> HeadSelection:
         """The same scores at temperature ``self.temperature * temperature``."""
         return HeadSelection(self.arc_scores, self.lengths, self.temperature * temperature)
+
+    def _single_sentence(self) -> tuple[HeadSelection, list[Tensor]]:
+        scores = self.arc_scores.detach().new_zeros(1, self.size, self.size)
+        one = torch.ones(1, dtype=torch.long, device=scores.device)
+        return HeadSelection(scores, one, self.temperature), [self.arc_scores]
 
 
 def _first_only(options: Tensor) -> Tensor:
@@ -1081,62 +1089,135 @@ def _matrix_tree_differentiable(scores: Tensor, lengths: Tensor, multiroot: bool
 # ----------------------------------------------------------------------------------------------
 
 
-def _find_cycle(heads: np.ndarray) -> list[int] | None:
-    """A cycle of the head graph (``heads[0] = -1``), or None."""
-    visited = np.zeros(len(heads), dtype=np.int64)
-    for start in range(1, len(heads)):
-        path = []
-        node = start
-        while node > 0 and visited[node] == 0:
-            visited[node] = start
-            path.append(node)
-            node = int(heads[node])
-        if node > 0 and visited[node] == start:
-            return path[path.index(node) :]
-    return None
+class _CycleFinder:
+    """The first cycle of the best-head graph of each contraction level, in the walk order of the
+    textbook recursion (from every node of the level in level order, a node seen before ends the
+    walk), without walking the whole graph at every level.
+
+    The walks before the one that met a cycle all reached the root through nodes whose heads a
+    contraction of that cycle leaves unchanged, so the next level resumes at that walk's position
+    (the nodes before it keep their position in the level order: none of them is in the cycle) and
+    keeps the nodes known to reach the root. ``heads`` is a Python list kept in sync by the caller.
+    """
+
+    def __init__(self, heads: list[int], size: int):
+        self.heads = heads
+        self.reaches_root = [False] * size
+        self.position = 1  # position of the next walk in the level order (0 is the root)
+
+    def next_cycle(self, order: list[int]) -> list[int] | None:
+        heads, reaches_root = self.heads, self.reaches_root
+        while self.position < len(order):
+            path: list[int] = []
+            on_path: dict[int, int] = {}
+            node = order[self.position]
+            while node > 0 and not reaches_root[node] and node not in on_path:
+                on_path[node] = len(path)
+                path.append(node)
+                node = heads[node]
+            if node > 0 and node in on_path:
+                return path[on_path[node] :]
+            for seen in path:
+                reaches_root[seen] = True
+            self.position += 1
+        return None
 
 
 def _chu_liu_edmonds(scores: np.ndarray) -> np.ndarray | None:
     """Maximum spanning arborescence rooted at node 0 (any number of root children).
 
     ``scores`` ``[n, n]`` float64 as ``[head, dependent]``; ``-inf`` forbids an arc. Returns heads
-    ``[n]`` int64 (``heads[0] = -1``), or None when no arborescence exists. Recursive contraction of
-    cycles, ``O(n^3)``.
+    ``[n]`` int64 (``heads[0] = -1``), or None when no arborescence exists.
+
+    Iterative contraction in one ``[n, n]`` matrix (no recursion, ``O(n^2)`` memory). A cycle of
+    the best heads is contracted into the row and column of one member (the one most words point
+    to), which then stands for the cycle: its entering scores are relative to the cycle arc they
+    replace, its leaving scores the best of the members. Only the words whose best head was in the
+    cycle choose again, and they need no scan of their column unless another row ties with their
+    best score (``ties`` counts the rows at each column's maximum). Each contraction costs
+    ``O(n |cycle|)`` and keeps ``O(n)`` bookkeeping for the expansion, which runs in reverse.
+    Ties resolve exactly as in the textbook recursion (a contracted cycle orders after every other
+    node of its level, the first best row wins), so the tree does not depend on the implementation.
     """
     size = scores.shape[0]
-    scores = scores.copy()
-    scores[:, 0] = -np.inf
-    np.fill_diagonal(scores, -np.inf)
-    heads = scores.argmax(0)
+    weights = scores.copy()
+    weights[:, 0] = -np.inf
+    np.fill_diagonal(weights, -np.inf)
+    heads = weights.argmax(0)
     heads[0] = -1
-    if size > 1 and np.isneginf(scores[heads[1:], np.arange(1, size)]).any():
-        return None
-    cycle = _find_cycle(heads)
-    if cycle is None:
+    if size == 1:
         return heads
-    in_cycle = np.zeros(size, dtype=bool)
-    in_cycle[cycle] = True
-    rest = np.flatnonzero(~in_cycle)  # starts with the root
-    members = np.flatnonzero(in_cycle)
-    kept = len(rest)
-    contracted = np.full((kept + 1, kept + 1), -np.inf)
-    contracted[:kept, :kept] = scores[np.ix_(rest, rest)]
-    entering = scores[np.ix_(rest, members)] - scores[heads[members], members][None, :]
-    entry = entering.argmax(1)
-    contracted[:kept, kept] = entering[np.arange(kept), entry]
-    leaving = scores[np.ix_(members, rest)]
-    exit_ = leaving.argmax(0)
-    contracted[kept, :kept] = leaving[exit_, np.arange(kept)]
-    inner = _chu_liu_edmonds(contracted)
-    if inner is None:
+    best = weights[heads, np.arange(size)]  # each column's maximum (the score of its head)
+    if np.isneginf(best[1:]).any():
         return None
-    result = heads.copy()
-    for position in range(1, kept):
-        head = inner[position]
-        result[rest[position]] = members[exit_[position]] if head == kept else rest[head]
-    outer = inner[kept]
-    result[members[entry[outer]]] = rest[outer]
-    return result
+    ties = (weights == best).sum(0)  # rows at each column's maximum
+    heads_list = heads.tolist()
+    finder = _CycleFinder(heads_list, size)
+    in_cycle = np.zeros(size, dtype=bool)
+    order = np.arange(size)  # the nodes of the current level in level order, root first
+    compact = np.int32 if size < 2**31 else np.int64
+    levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    while (cycle := finder.next_cycle(order.tolist())) is not None:
+        in_cycle[cycle] = True
+        members = order[in_cycle[order]]  # level order
+        rest = order[~in_cycle[order]]  # level order, root first
+        words = rest[1:]
+        pointing = in_cycle[heads[words]]  # words whose best head is in the cycle
+        in_cycle[cycle] = False
+        entering = weights[np.ix_(rest, members)]
+        entering -= best[members]
+        entry = entering.argmax(1)
+        enter_best = entering[np.arange(rest.size), entry]
+        del entering
+        leaving = weights[np.ix_(members, rest)]
+        exit_ = leaving.argmax(0)
+        leave_best = leaving[exit_, np.arange(rest.size)]
+        at_best = (leaving == best[rest]).sum(0)
+        del leaving
+        indegree = np.bincount(heads[words[pointing]], minlength=size)[members]
+        node = int(members[indegree.argmax()])  # its row and column now stand for the cycle
+        levels.append(
+            (
+                node,
+                rest.astype(compact),
+                members,
+                heads[members].copy(),
+                members[entry].astype(compact),
+                members[exit_].astype(compact),
+            )
+        )
+        weights[rest, node] = enter_best
+        weights[node, rest] = leave_best
+        weights[node, node] = -np.inf
+        ties[rest] += (at_best > 0).astype(ties.dtype) - at_best
+        order = np.append(rest, node)
+        # A word whose best head was in the cycle now points to the cycle (it comes last in the
+        # level, so a row of the rest at the same score wins: only then is the column scanned).
+        redo = words[pointing]
+        before = heads[redo]
+        heads[redo] = node
+        tied = redo[ties[redo] > 1]
+        if tied.size:
+            column = weights[np.ix_(rest, tied)]
+            heads[tied] = rest[(column == best[tied]).argmax(0)]
+            del column
+        head = int(rest[enter_best.argmax()])
+        heads[node] = head
+        best[node] = enter_best.max()
+        ties[node] = int((enter_best == best[node]).sum())
+        if best[node] == -np.inf:
+            return None
+        heads_list[node] = head
+        for dep in redo[heads[redo] != before].tolist():
+            heads_list[dep] = int(heads[dep])
+    for node, rest, members, member_heads, entry, exit_ in reversed(levels):
+        outer = heads[node]  # the head of the contracted cycle
+        words = rest[1:]
+        into = heads[words] == node
+        heads[words[into]] = exit_[1:][into]
+        heads[members] = member_heads
+        heads[entry[np.flatnonzero(rest == outer)[0]]] = outer
+    return heads
 
 
 def _root_penalized(scores: np.ndarray, multiroot: bool) -> np.ndarray:
@@ -1151,16 +1232,17 @@ def _root_penalized(scores: np.ndarray, multiroot: bool) -> np.ndarray:
     return penalized
 
 
-def _constrained(scores: np.ndarray, forced: dict[int, int], forbidden: frozenset) -> np.ndarray:
-    """``scores`` with ``forced`` arcs (dependent -> head) the only choice of their dependent and
-    ``forbidden`` arcs ``(head, dependent)`` removed."""
+def _constrained(scores: np.ndarray, forced: np.ndarray, forbidden: tuple) -> np.ndarray:
+    """``scores`` with ``forced`` arcs the only choice of their dependent (``forced[d]`` the head
+    of ``d``, ``-1`` where free) and ``forbidden`` arcs ``(head, dependent)`` removed."""
     result = scores.copy()
     for head, dep in forbidden:
         result[head, dep] = -np.inf
-    for dep, head in forced.items():
-        keep = result[head, dep]
-        result[:, dep] = -np.inf
-        result[head, dep] = keep
+    deps = np.flatnonzero(forced >= 0)
+    if deps.size:
+        keep = result[forced[deps], deps]
+        result[:, deps] = -np.inf
+        result[forced[deps], deps] = keep
     return result
 
 
@@ -1188,6 +1270,26 @@ def _assignment_bound(root: np.ndarray, word: np.ndarray, multiroot: bool) -> np
     return np.where(impossible, -np.inf, bound)
 
 
+class _Subspace:
+    """A subspace of Lawler's partitioning, stored lazily: ``O(1)`` per child of a popped tree
+    (the popped tree's subspace, heads and free words are shared by all its children), expanded
+    to ``(forced [n], forbidden arcs)`` only when the child is solved."""
+
+    __slots__ = ("free", "heads", "parent", "position")
+
+    def __init__(self, parent, heads, free, position):
+        self.parent, self.heads, self.free, self.position = parent, heads, free, position
+
+    def expand(self) -> tuple[np.ndarray, tuple]:
+        """Child ``position``: the free words before it keep their tree head, it loses its own."""
+        forced, forbidden = self.parent
+        forced = forced.copy()
+        before = self.free[: self.position]
+        forced[before] = self.heads[before]
+        dep = int(self.free[self.position])
+        return forced, (*forbidden, (int(self.heads[dep]), dep))
+
+
 def _kbest_trees(scores: np.ndarray, multiroot: bool, k: int) -> list[np.ndarray]:
     """The ``k`` best non-projective trees of one sentence ``[n, n]``, best first.
 
@@ -1197,32 +1299,37 @@ def _kbest_trees(scores: np.ndarray, multiroot: bool, k: int) -> list[np.ndarray
     that bound reaches the top of the queue. Single root: the root penalty of
     :func:`_root_penalized` (a subspace whose best tree has several root children has no
     single-root tree). Exact; one MST call per subspace whose bound beats the k-th best tree.
+    Memory ``O(n^2 + k n)``: queued subspaces are :class:`_Subspace` records.
     """
     size = scores.shape[0]
-    weights = _root_penalized(scores, multiroot).copy()
+    weights = _root_penalized(scores, multiroot)
+    if weights is scores:
+        weights = scores.copy()
     weights[:, 0] = -np.inf
     np.fill_diagonal(weights, -np.inf)
-    words = np.arange(1, size)
     start = _assignment_bound(weights[None, 0, 1:], weights[None, 1:, 1:].max(1), multiroot)[0]
     counter = 0
-    queue: list = [(-start, counter, None, {}, frozenset())]
+    queue: list = [(-start, counter, None, (np.full(size, -1, dtype=np.int64), ()))]
     found: list[np.ndarray] = []
     while queue and len(found) < k:
-        _, _, heads, forced, forbidden = heapq.heappop(queue)
+        _, _, heads, space = heapq.heappop(queue)
+        if isinstance(space, _Subspace):
+            space = space.expand()
+        forced, forbidden = space
         matrix = _constrained(weights, forced, forbidden)
         if heads is None:  # a bound reached the top: solve the subspace
             heads = _chu_liu_edmonds(matrix)
             if heads is None or (not multiroot and int((heads == 0).sum()) != 1):
                 continue
-            value = matrix[heads[1:], words].sum()
+            value = matrix[heads[1:], np.arange(1, size)].sum()
             if np.isfinite(value):
                 counter += 1
-                heapq.heappush(queue, (-value, counter, heads, forced, forbidden))
+                heapq.heappush(queue, (-value, counter, heads, space))
             continue
         found.append(heads)
         if len(found) == k:
             break
-        free = np.array([dep for dep in range(1, size) if dep not in forced], dtype=np.int64)
+        free = np.flatnonzero(forced[1:] < 0) + 1
         if free.size == 0:
             continue
         # Child i: words free[:i] forced to their tree head, free[i] loses its tree head.
@@ -1236,20 +1343,18 @@ def _kbest_trees(scores: np.ndarray, multiroot: bool, k: int) -> list[np.ndarray
         word_forced = np.where(tree_head == 0, -np.inf, tree_arc)
         root[:, columns] = np.where(earlier, root_forced, root[:, columns])
         word[:, columns] = np.where(earlier, word_forced, word[:, columns])
-        without = matrix.copy()
-        without[tree_head, free] = -np.inf
+        del earlier, root_forced, word_forced
+        without = matrix
+        without[tree_head, free] = -np.inf  # ``matrix`` is not needed after this point
         child = np.arange(free.size)
         root[child, columns] = without[0, free]
         word[child, columns] = without[1:, free].max(0)
         bounds = _assignment_bound(root, word, multiroot)
-        prefix = dict(forced)
-        for position, dep in enumerate(free.tolist()):
-            arc = (int(heads[dep]), dep)
-            if np.isfinite(bounds[position]):
-                counter += 1
-                entry = (-bounds[position], counter, None, dict(prefix), forbidden | {arc})
-                heapq.heappush(queue, entry)
-            prefix[dep] = arc[0]
+        del root, word, without, matrix
+        for position in np.flatnonzero(np.isfinite(bounds)).tolist():
+            counter += 1
+            subspace = _Subspace(space, heads, free, position)
+            heapq.heappush(queue, (-bounds[position], counter, None, subspace))
     return found
 
 
@@ -1491,3 +1596,9 @@ class DependencyCRF(_ArcFactored):
             multiroot=self.multiroot,
             temperature=self.temperature * temperature,
         )
+
+    def _single_sentence(self) -> tuple[DependencyCRF, list[Tensor]]:
+        scores = self.arc_scores.detach().new_zeros(1, self.size, self.size)
+        one = torch.ones(1, dtype=torch.long, device=scores.device)
+        stand_in = DependencyCRF(scores, one, self.projective, self.multiroot, self.temperature)
+        return stand_in, [self.arc_scores]

@@ -16,10 +16,11 @@ import torch
 from torch import Tensor
 
 from structkd.structures.base import (
-    NumericalError,
     StructDistribution,
+    check_potential_values,
     check_tag_values,
     check_temperature,
+    upcast,
 )
 
 __all__ = ["Factorized"]
@@ -67,22 +68,24 @@ class Factorized(StructDistribution):
             )
         super().__init__(lengths, temperature, batch_size, seq_len)
         self.lengths = self.lengths.to(logits.device)
+        logits = check_potential_values(
+            "logits", upcast(logits), self.mask.unsqueeze(-1), self.temperature
+        )
         self.logits = logits
         self.n_labels = n_labels
         with torch.no_grad():
-            best = logits.amax(-1)  # NaN propagates
-            empty = torch.isneginf(best) & self.mask
-            top, n_empty = torch.stack([best.max(), empty.sum().to(best.dtype)]).tolist()
-        if math.isnan(top):
-            raise NumericalError("logits contains NaN")
-        if top == math.inf:
-            raise ValueError("logits must not contain +inf (use -inf to forbid a tag)")
-        if n_empty:
+            empty = torch.isneginf(logits.amax(-1)) & self.mask if logits.numel() else None
+        if empty is not None and bool(empty.any()):
             rows = empty.any(-1).nonzero().flatten().tolist()
             raise ValueError(
                 f"no tag sequence is allowed for sentence(s) {rows}: a token has every logit -inf"
             )
         self._memo: dict[object, Tensor] = {}
+
+    def _single_sentence(self) -> tuple[Factorized, list[Tensor]]:
+        logits = self.logits.detach().new_zeros(1, self.max_len, self.n_labels)
+        one = torch.ones(1, dtype=torch.long, device=logits.device)
+        return Factorized(logits, one, self.temperature), [self.logits]
 
     def _scores(self) -> Tensor:
         """``[batch, seq_len, n_labels]`` tempered logits, 0 at padding (input dtype)."""

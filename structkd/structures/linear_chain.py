@@ -37,8 +37,10 @@ from torch import Tensor
 from structkd.structures.base import (
     NumericalError,
     StructDistribution,
+    check_potential_values,
     check_tag_values,
     check_temperature,
+    upcast,
 )
 
 __all__ = ["LinearChainCRF", "transition_constraints"]
@@ -708,9 +710,19 @@ class LinearChainCRF(StructDistribution):
                     f"{name} must have the dtype and device of emissions ({emissions.dtype}, "
                     f"{emissions.device}), got ({tensor.dtype}, {tensor.device})"
                 )
-        _check_no_nan_or_posinf({name: t for name, t in scores.items() if t is not None})
         super().__init__(lengths, temperature, batch_size, seq_len)
         self.lengths = self.lengths.to(emissions.device)
+        emissions, transitions = upcast(emissions), upcast(transitions)
+        start = None if start is None else upcast(start)
+        end = None if end is None else upcast(end)
+        emissions = check_potential_values(
+            "emissions", emissions, self.mask.unsqueeze(-1), self.temperature
+        )
+        transitions = check_potential_values("transitions", transitions, None, self.temperature)
+        if start is not None:
+            start = check_potential_values("start", start, None, self.temperature)
+        if end is not None:
+            end = check_potential_values("end", end, None, self.temperature)
         self.emissions = emissions
         self.transitions = transitions
         self.start = start
@@ -993,6 +1005,17 @@ class LinearChainCRF(StructDistribution):
             allowed_start=self.allowed_start,
             allowed_end=self.allowed_end,
         )
+
+    def _single_sentence(self) -> tuple[LinearChainCRF, list[Tensor]]:
+        emissions = self.emissions.detach().new_zeros(1, self.max_len, self.n_labels)
+        one = torch.ones(1, dtype=torch.long, device=emissions.device)
+        stand_in = LinearChainCRF(
+            emissions,
+            self.transitions.detach().new_zeros(self.n_labels, self.n_labels),
+            lengths=one,
+        )
+        potentials = [self.emissions, self.transitions, self.start, self.end]
+        return stand_in, [p for p in potentials if p is not None]
 
     def _check_value(self, value: Tensor) -> Tensor:
         return check_tag_values(value, self.mask, self.n_labels)

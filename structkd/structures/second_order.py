@@ -30,9 +30,11 @@ from structkd.structures.base import (
     StructDistribution,
     autograd_marginals,
     check_lengths,
+    check_potential_values,
     check_potentials,
     check_temperature,
     lazy_property,
+    upcast,
 )
 
 __all__ = ["Dependency2oCRF", "mean_field_arcs"]
@@ -520,6 +522,24 @@ def _check_heads(heads: Tensor, lengths: Tensor, size: int, multiroot: bool) -> 
 # the distribution
 
 
+def _sibling_entries(inside: Tensor, multiroot: bool) -> Tensor:
+    """``[batch, N+1, N+1, N+1]`` bool: the ``[head, dependent, sibling]`` entries that can be
+    read, the sibling strictly between the head and the dependent, all inside the sentence
+    (``inside`` ``[batch, N+1]``); with a single root, no entry of head 0."""
+    size = inside.shape[-1]
+    position = torch.arange(size, device=inside.device)
+    head, dep, sib = position.view(-1, 1, 1), position.view(1, -1, 1), position.view(1, 1, -1)
+    between = ((head < sib) & (sib < dep)) | ((dep < sib) & (sib < head))
+    if not multiroot:
+        between = between & (head > 0)
+    return (
+        between
+        & inside.view(-1, size, 1, 1)
+        & inside.view(-1, 1, size, 1)
+        & inside.view(-1, 1, 1, size)
+    )
+
+
 class Dependency2oCRF(StructDistribution):
     """Projective dependency trees with adjacent-sibling factors (second-order Eisner).
 
@@ -565,8 +585,8 @@ class Dependency2oCRF(StructDistribution):
         multiroot: bool = False,
         temperature: float = 1.0,
     ):
-        check_potentials("arc_scores", arc_scores, 3, "[batch, N+1, N+1]")
-        check_potentials("sibling_scores", sibling_scores, 4, "[batch, N+1, N+1, N+1]")
+        check_potentials("arc_scores", arc_scores, 3, "[batch, N+1, N+1]", nan=False)
+        check_potentials("sibling_scores", sibling_scores, 4, "[batch, N+1, N+1, N+1]", nan=False)
         batch, size = arc_scores.shape[:2]
         if arc_scores.shape[2] != size or size < 2:
             raise ValueError(
@@ -589,8 +609,22 @@ class Dependency2oCRF(StructDistribution):
             raise ValueError(f"multiroot must be a bool, got {multiroot!r}")
         super().__init__(lengths, temperature, batch, size - 1)
         self.lengths = self.lengths.to(arc_scores.device)
-        self.arc_scores = arc_scores
-        self.sibling_scores = sibling_scores
+        inside = torch.arange(size, device=arc_scores.device) <= self.lengths.view(-1, 1)
+        self.arc_scores = check_potential_values(
+            "arc_scores",
+            upcast(arc_scores),
+            inside.view(batch, size, 1)
+            & inside.view(batch, 1, size)
+            & ~torch.eye(size, dtype=torch.bool, device=arc_scores.device)
+            & (torch.arange(size, device=arc_scores.device) > 0),
+            self.temperature,
+        )
+        self.sibling_scores = check_potential_values(
+            "sibling_scores",
+            upcast(sibling_scores),
+            _sibling_entries(inside, multiroot),
+            self.temperature,
+        )
         self.multiroot = multiroot
 
     def __repr__(self) -> str:
@@ -609,6 +643,14 @@ class Dependency2oCRF(StructDistribution):
             multiroot=self.multiroot,
             temperature=self.temperature * temperature,
         )
+
+    def _single_sentence(self) -> tuple[Dependency2oCRF, list[Tensor]]:
+        size = self.max_len + 1
+        arcs = self.arc_scores.detach().new_zeros(1, size, size)
+        siblings = self.sibling_scores.detach().new_zeros(1, size, size, size)
+        one = torch.ones(1, dtype=torch.long, device=arcs.device)
+        stand_in = Dependency2oCRF(arcs, siblings, one, self.multiroot, self.temperature)
+        return stand_in, [self.arc_scores, self.sibling_scores]
 
     # --- inference --------------------------------------------------------------------------------
 

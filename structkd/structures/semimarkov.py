@@ -35,10 +35,12 @@ from structkd.structures.base import (
     NumericalError,
     StructDistribution,
     check_lengths,
+    check_potential_values,
     check_potentials,
     check_temperature,
     lazy_property,
     length_mask,
+    upcast,
 )
 
 __all__ = [
@@ -361,7 +363,7 @@ class SemiMarkovSpans(StructDistribution):
         temperature: float = 1.0,
     ):
         span_scores = check_potentials(
-            "span_scores", span_scores, 4, "[batch, seq_len, seq_len, n_span_labels]"
+            "span_scores", span_scores, 4, "[batch, seq_len, seq_len, n_span_labels]", nan=False
         )
         batch_size, seq_len, seq_len_2, n_span_labels = span_scores.shape
         if seq_len != seq_len_2:
@@ -374,6 +376,9 @@ class SemiMarkovSpans(StructDistribution):
         super().__init__(lengths, temperature, batch_size, seq_len)
         self.lengths = self.lengths.to(span_scores.device)
         self.max_width = _check_max_width(max_width)
+        span_scores = check_potential_values(
+            "span_scores", upcast(span_scores), self.span_mask, self.temperature
+        )
         self.span_scores = span_scores
         self.dtype = span_scores.dtype
         self.n_span_labels = n_span_labels
@@ -384,6 +389,13 @@ class SemiMarkovSpans(StructDistribution):
         ):
             where = _first_position(torch.isposinf(span_scores) & self.span_mask)
             raise ValueError(f"span_scores must not be +inf, got +inf at index {where}")
+
+    def _single_sentence(self) -> tuple[SemiMarkovSpans, list[Tensor]]:
+        n, labels = self.max_len, self.n_span_labels
+        scores = self.span_scores.detach().new_zeros(1, n, n, labels)
+        one = torch.ones(1, dtype=torch.long, device=scores.device)
+        stand_in = SemiMarkovSpans(scores, one, self.max_width, self.temperature)
+        return stand_in, [self.span_scores]
 
     # -- potentials and charts ---------------------------------------------------------------------
 

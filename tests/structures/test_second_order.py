@@ -564,7 +564,7 @@ def test_invalid_constructor_arguments_raise():
     with pytest.raises(NumericalError, match="arc_scores"):
         Dependency2oCRF(nan_arc, sib, lengths)
     nan_sib = sib.clone()
-    nan_sib[0, 1, 2, 3] = math.nan
+    nan_sib[0, 1, 3, 2] = math.nan  # a read entry (NaN where entries are ignored is ignored)
     with pytest.raises(NumericalError, match="sibling_scores"):
         Dependency2oCRF(arc, nan_sib, lengths)
     inf_arc = arc.clone()
