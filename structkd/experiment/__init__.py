@@ -23,6 +23,8 @@ The modules, one idea each:
 * ``provenance``: the code's commit and the machine (``code_commit``, ``hardware_info``);
 * ``results``: the JSON-lines results file (append, read, check, one row per run/case/split);
 * ``runner``: trains the unfinished runs, in worker processes if asked (``run_experiment``);
+* ``stats``: paired differences over seeds and their confidence intervals
+  (``paired_differences``, ``confidence_interval``);
 * ``report``: the markdown report and the plot from a results file (``write_report``).
 
 The command line (``structkd experiment``) is ``structkd.cli.experiment``.
@@ -54,6 +56,7 @@ from structkd.experiment.provenance import code_commit, cpu_model, hardware_info
 from structkd.experiment.report import (
     findings,
     load_results,
+    paired_delta,
     render_markdown,
     render_plot,
     summarize,
@@ -69,6 +72,7 @@ from structkd.experiment.runner import (
     cli_command,
     run_experiment,
 )
+from structkd.experiment.stats import PairedDifference, confidence_interval, paired_differences
 
 __all__ = [
     "COMMAND_FILE",
@@ -84,6 +88,7 @@ __all__ = [
     "GridBlock",
     "GridPoint",
     "ModelSpec",
+    "PairedDifference",
     "Plan",
     "RunFunction",
     "RunSpec",
@@ -91,6 +96,7 @@ __all__ = [
     "builtin_cases",
     "cli_command",
     "code_commit",
+    "confidence_interval",
     "cpu_model",
     "expand_grid",
     "findings",
@@ -98,6 +104,8 @@ __all__ = [
     "load_config",
     "load_results",
     "option_names",
+    "paired_delta",
+    "paired_differences",
     "parse_config",
     "plan_experiment",
     "read_result_keys",

@@ -1,18 +1,22 @@
-"""The report of an experiment: a markdown table (mean ± standard deviation over seeds) and a plot.
+"""The report of an experiment: tables (mean ± standard deviation over seeds, and paired
+differences between methods with 95% confidence intervals), findings and a plot.
 
 ``write_report(results_path, report_path)`` reads the JSON-lines results file that ``structkd
 experiment`` appends to (one line per run, case and split) and writes
 
-* ``report.md``: the task's ``report_intro``, then one table per task and data set, rows = case x
-  student x method (x temperature x labeled fraction, the latter for a task that learns from
-  unlabeled text). Columns: the test score of the task's ``primary_metric`` (preceded by its
-  ``secondary_metric``, if any) ``mean ± std (n=seeds)``, the dev primary score, the task's
-  further ``report_scores`` on test (dep: the rate of well-formed trees before repair), test
-  sentences/s and the test primary-score difference to the no-KD student of the same case and
-  labeled fraction (NER: F1; dep: UAS, LAS, dev LAS, well-formed). Then, computed from those
-  numbers, where structural KD does *not* beat no KD (and Token KD) on the primary score (with
-  the secondary one beside it), whether each teacher beats the no-KD student by the task's
-  ``teacher_margin`` (dep: 2 test UAS points), the hardware, the commands and the code commits
+* ``report.md``: the task's ``report_intro`` and what the Δ columns are, then one table per task
+  and data set, rows = case x student x method (x temperature x labeled fraction, the latter for
+  a task that learns from unlabeled text). Columns: the test score of the task's
+  ``primary_metric`` (preceded by its ``secondary_metric``, if any) ``mean ± std (n=seeds)``, the
+  dev primary score, the task's further ``report_scores`` on test (dep: the rate of well-formed
+  trees before repair), test sentences/s, and the test primary-score difference to the no-KD
+  student (and to the Token KD student, when the table has one) of the same case, student and
+  labeled fraction, **paired by seed**: ``+0.42 [-0.10, +0.94] (n=3)``, the mean of the per-seed
+  differences and its 95% confidence interval (``structkd.experiment.stats``). Then, computed
+  from those numbers, whether structural KD beats no KD and Token KD, and Token KD no KD, on the
+  primary score (with the secondary one beside it): a gain or a loss is called only when the
+  interval excludes 0; whether each teacher beats the no-KD student by the task's
+  ``teacher_margin`` (dep: 2 test UAS points); the hardware, the commands and the code commits
   that produced the rows;
 * ``report.png``: a grouped bar chart of the primary test score per case (x labeled fraction) and
   method, with one standard deviation as error bars, one panel per task (matplotlib, Agg canvas,
@@ -20,8 +24,11 @@ experiment`` appends to (one line per run, case and split) and writes
 
 Scores (F1, precision, recall; UAS, LAS, well-formed rate) are stored as fractions in ``[0, 1]``
 and shown in percent. The standard deviation is the sample one (``n - 1`` in the denominator);
-with one seed none is shown. A results file normally holds one task; a mixed one gets a table (and
-a plot panel) per task. Method names, titles and order come from
+with one seed none is shown. Paired differences use the seeds both runs have (the same seed gives
+the same initialization and batch order for every method); with one paired seed there is no
+interval. A teacher is one model shared by every student seed, so a teacher row's Δ is the
+difference of means, not paired. A results file normally holds one task; a mixed one gets a
+table (and a plot panel) per task. Method names, titles and order come from
 ``structkd.distill.methods.METHODS``, with the ``teacher`` rows first.
 """
 
@@ -40,6 +47,7 @@ from structkd.distill.methods import METHOD_NAMES, METHODS
 from structkd.experiment.config import DEFAULT_TASK
 from structkd.experiment.provenance import hardware_info
 from structkd.experiment.results import load_results
+from structkd.experiment.stats import PairedDifference, paired_differences
 from structkd.tasks import Task, get_task
 
 __all__ = [
@@ -51,6 +59,7 @@ __all__ = [
     "findings",
     "load_results",
     "method_title",
+    "paired_delta",
     "render_markdown",
     "render_plot",
     "summarize",
@@ -97,14 +106,17 @@ class Statistic:
 class SplitSummary:
     """One split of a table row: the primary score (F1 for NER, LAS for dep; percent) ``mean`` and
     sample ``std`` over ``seeds`` (``std`` is ``None`` for one seed), the mean
-    ``sentences_per_second``, and every score of the task by name in ``scores`` (dep: ``las``,
-    ``uas`` and, when the rows have it, ``well_formed_rate``; all in percent)."""
+    ``sentences_per_second``, every score of the task by name in ``scores`` (dep: ``las``,
+    ``uas`` and, when the rows have it, ``well_formed_rate``; all in percent), and each score's
+    value per seed in ``per_seed`` (``{score: {seed: percent}}``, what paired differences
+    pair)."""
 
     mean: float
     std: float | None
     seeds: tuple[int, ...]
     sentences_per_second: float
     scores: Mapping[str, Statistic] = field(default_factory=dict)
+    per_seed: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -217,11 +229,14 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[Summary]:
                     "results file mix two versions of a config? (structkd experiment reports "
                     "only the runs of its config)"
                 )
-            scores = {}
+            scores, per_seed = {}, {}
             for name in _scores_of(key[0]):
-                values = [100.0 * float(r[name]) for r in split_rows if r.get(name) is not None]
-                if values:
-                    scores[name] = _statistic(values)
+                by_seed = {
+                    r["seed"]: 100.0 * float(r[name]) for r in split_rows if r.get(name) is not None
+                }
+                if by_seed:
+                    scores[name] = _statistic(list(by_seed.values()))
+                    per_seed[name] = dict(sorted(by_seed.items()))
             primary = scores[_scores_of(key[0])[0]]
             speed = [float(row.get("sentences_per_second") or 0.0) for row in split_rows]
             splits[split] = SplitSummary(
@@ -230,6 +245,7 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[Summary]:
                 seeds=tuple(sorted(seeds)),
                 sentences_per_second=statistics.fmean(speed),
                 scores=scores,
+                per_seed=per_seed,
             )
         summaries.append(Summary(**dict(zip(GROUP_KEYS, key, strict=True)), splits=splits))
     return sorted(summaries, key=_sort_key)
@@ -244,7 +260,43 @@ def _baseline(summaries: Sequence[Summary], summary: Summary, method: str) -> Su
     return candidates[0] if candidates else None
 
 
-def _test_delta(summaries: Sequence[Summary], summary: Summary) -> float | None:
+def _paired_baseline(summaries: Sequence[Summary], summary: Summary, method: str) -> Summary | None:
+    """The ``method`` row that ``summary``'s seeds pair with: the same setting (task, data set,
+    case, labeled fraction) and student; for a tempered ``method``, at ``summary``'s temperature
+    and mode if there is one, else at its temperature, else the first."""
+    candidates = [
+        s
+        for s in summaries
+        if s.method == method and s.setting == summary.setting and s.student == summary.student
+    ]
+    here = (summary.temperature, summary.temperature_mode)
+
+    def distance(candidate: Summary) -> tuple[bool, bool]:
+        return (
+            candidate.temperature != summary.temperature,
+            (candidate.temperature, candidate.temperature_mode) != here,
+        )
+
+    return min(candidates, key=distance, default=None)
+
+
+def paired_delta(
+    ours: Summary, theirs: Summary, score: str | None = None, split: str = "test"
+) -> PairedDifference | None:
+    """``ours - theirs`` on ``score`` (default: the task's ``primary_metric``) of ``split``,
+    paired by seed, with its 95% interval (``structkd.experiment.stats.paired_differences``);
+    ``None`` when either row lacks the split or the score."""
+    score = score or get_task(ours.task).primary_metric
+    mine, other = ours.splits.get(split), theirs.splits.get(split)
+    if mine is None or other is None:
+        return None
+    if score not in mine.per_seed or score not in other.per_seed:
+        return None
+    return paired_differences(mine.per_seed[score], other.per_seed[score])
+
+
+def _means_delta(summaries: Sequence[Summary], summary: Summary) -> float | None:
+    """A teacher row's test primary score minus its setting's no-KD student's (means)."""
     baseline = _baseline(summaries, summary, "none")
     if baseline is None or "test" not in baseline.splits or "test" not in summary.splits:
         return None
@@ -265,16 +317,21 @@ def _statistic_text(statistic: Statistic) -> str:
     return f"{statistic.mean:.2f}{spread}"
 
 
-def findings(summaries: Sequence[Summary]) -> list[str]:
-    """Plain sentences comparing structural KD with no KD and with Token KD on the task's primary
-    test score (NER: F1; dep: LAS, with the comparison of its ``secondary_metric``, UAS, beside
-    it), and, for a task with a ``teacher_margin``, whether each teacher beats the no-KD student
-    by that margin (``teacher_checks``).
+COMPARED = {"struct": ("none", "token"), "token": ("none",)}
+"""The findings' comparisons: the methods each method is compared with, paired by seed."""
 
-    For every structural-KD row with a no-KD row of the same setting: "does not beat no KD" when
-    its mean test score is not higher; "beats no KD by only ..." when higher by less than the
-    larger of the two standard deviations over seeds; else "beats no KD by ...". The same for
-    Token KD. With several tasks, the sentences of each task in turn.
+
+def findings(summaries: Sequence[Summary]) -> list[str]:
+    """Plain sentences comparing structural KD with no KD and with Token KD, and Token KD with no
+    KD, on the task's primary test score (NER: F1; dep: LAS, with its ``secondary_metric``, UAS,
+    beside it), paired by seed; and, for a task with a ``teacher_margin``, whether each teacher
+    beats the no-KD student by that margin (``teacher_checks``).
+
+    Each comparison (``paired_delta``) is called by the 95% confidence interval of the mean
+    per-seed difference: "**... beats ...**" when the interval lies above 0, "**... does not
+    beat ...**: it is worse" when below, "**No difference the data can resolve ...**" when it
+    includes 0 or there is one paired seed (no interval). The first sentence counts the verdicts
+    of structural KD vs no KD. With several tasks, the sentences of each task in turn.
     """
     tasks = list(dict.fromkeys(summary.task for summary in summaries))
     if len(tasks) <= 1:
@@ -290,90 +347,127 @@ def _task_findings(summaries: Sequence[Summary], task_name: str, task_word: str)
     """``findings`` for the rows of one task; ``task_word`` (``"dep "``, or ``""`` when the
     report has one task) qualifies the summary sentences."""
     task = get_task(task_name)
-    score_name = _score_title(task, task.primary_metric)
     sentences = []
-    beaten_everywhere = True
-    compared = 0
+    verdicts: Counter[str] = Counter()
     for summary in summaries:
-        if summary.method != "struct" or "test" not in summary.splits:
+        if summary.method not in COMPARED or "test" not in summary.splits:
             continue
-        for method in ("none", "token"):
-            baseline = _baseline(summaries, summary, method)
+        for method in COMPARED[summary.method]:
+            baseline = _paired_baseline(summaries, summary, method)
             if baseline is None or "test" not in baseline.splits:
                 if method == "none":
                     sentences.append(
-                        f"Structural KD in {summary.describe()} has no no-KD student to compare "
-                        "with."
+                        f"{_capitalized(method_title(summary.method))} in {summary.describe()} "
+                        "has no no-KD student to compare with."
                     )
                 continue
-            name = method_title(method)
-            ours, theirs = summary.splits["test"], baseline.splits["test"]
-            delta = ours.mean - theirs.mean
-            numbers = (
-                f"test {score_name} {_score(ours)} (n={ours.n}) vs {_score(theirs)} "
-                f"(n={theirs.n}) with {name}, Δ {delta:+.2f}"
-            )
-            clause = ""
-            if task.secondary_metric is not None:
-                numbers, clause = _with_secondary(task, numbers, ours, theirs, delta, name)
-            noise = max(ours.std or 0.0, theirs.std or 0.0)
-            if method == "none":
-                compared += 1
-            if delta <= 0:
-                if method == "none":
-                    beaten_everywhere = False
-                sentences.append(
-                    f"**Structural KD does not beat {name}** in {summary.describe()}: {numbers}."
-                    + clause
-                )
-            elif delta < noise:
-                sentences.append(
-                    f"Structural KD beats {name} in {summary.describe()} by only {delta:.2f} "
-                    f"{score_name}, less than one standard deviation over seeds ({numbers}): "
-                    "not a reliable gain." + clause
-                )
-            else:
-                sentences.append(
-                    f"Structural KD beats {name} in {summary.describe()}: {numbers}." + clause
-                )
-    if compared and beaten_everywhere:
-        sentences.insert(
-            0,
-            f"Structural KD has a higher mean test {score_name} than no KD in every "
-            f"{task_word}setting measured here.",
-        )
-    if not compared:
+            sentence, verdict = _comparison(task, summary, baseline)
+            sentences.append(sentence)
+            if summary.method == "struct" and method == "none":
+                verdicts[verdict] += 1
+    compared = sum(verdicts.values())
+    if compared:
+        sentences.insert(0, _verdict_count(task, verdicts, task_word))
+    else:
         sentences.append(
             f"No {task_word}structural-KD student has a no-KD student to compare with yet."
         )
     return sentences + teacher_checks(summaries)
 
 
-def _with_secondary(
-    task: Task,
-    numbers: str,
-    ours: SplitSummary,
-    theirs: SplitSummary,
-    primary_delta: float,
-    name: str,
-) -> tuple[str, str]:
-    """``numbers`` with the test comparison of the task's ``secondary_metric`` (dep: UAS)
-    appended, and a sentence when it disagrees with the primary score on whether structural KD
-    beats ``name`` (``""`` when it agrees or the secondary score is missing)."""
-    secondary = str(task.secondary_metric)
-    title = _score_title(task, secondary)
-    ours_score, theirs_score = ours.score(secondary), theirs.score(secondary)
-    if ours_score is None or theirs_score is None:
-        return numbers, ""
-    delta = ours_score.mean - theirs_score.mean
-    numbers += (
-        f"; test {title} {_statistic_text(ours_score)} vs {_statistic_text(theirs_score)}, "
-        f"Δ {delta:+.2f}"
+def _capitalized(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _verdict_count(task: Task, verdicts: Counter[str], task_word: str) -> str:
+    """The first finding of a task: in how many settings structural KD beats no KD, loses to
+    it, or cannot be told from it (paired, 95% intervals)."""
+    score = f"test {_score_title(task, task.primary_metric)}"
+    compared = sum(verdicts.values())
+    higher, lower = verdicts["higher"], verdicts["lower"]
+    unresolved = verdicts["unresolved"] + verdicts["unpaired"]
+    interval = f"the 95% confidence interval of the paired per-seed difference in {score}"
+    each = " in each" if compared > 1 else ""
+    if compared == 1:
+        settings = f"the one {task_word}setting measured here"
+    elif compared == 2:
+        settings = f"both {task_word}settings measured here"
+    else:
+        settings = f"all {compared} {task_word}settings measured here"
+    if higher == compared:
+        return f"Structural KD beats no KD in {settings}: {interval} lies above 0{each}."
+    if lower == compared:
+        return f"Structural KD does worse than no KD in {settings}: {interval} lies below 0{each}."
+    if unresolved == compared:
+        return (
+            f"In {settings} the data cannot tell structural KD from no KD: {interval} includes "
+            f"0{each} (or one paired seed gives no interval)."
+        )
+    return (
+        f"Structural KD beats no KD in {higher} of the {compared} {task_word}settings measured "
+        f"here ({interval} above 0), is worse in {lower} (the interval below 0), and in "
+        f"{unresolved} the data cannot resolve a difference (the interval includes 0, or one "
+        "paired seed gives none)."
     )
-    if (delta > 0) == (primary_delta > 0):
-        return numbers, ""
-    verdict = "beats" if delta > 0 else "does not beat"
-    return numbers, f" On test {title} it {verdict} {name}."
+
+
+def _against(ours: Summary, theirs: Summary) -> str:
+    """``no KD``, ``Token KD``, or ``Token KD (T=2 local)`` when its temperature differs."""
+    name = method_title(theirs.method)
+    if theirs.temperature is not None and (theirs.temperature, theirs.temperature_mode) != (
+        ours.temperature,
+        ours.temperature_mode,
+    ):
+        name += f" (T={theirs.temperature:g} {theirs.temperature_mode})"
+    return name
+
+
+_OTHER_SCORE = {
+    "higher": "it beats {name}",
+    "lower": "it does not beat {name} (it is worse)",
+    "unresolved": "the data cannot resolve a difference from {name}",
+}
+
+
+def _comparison(task: Task, ours: Summary, theirs: Summary) -> tuple[str, str]:
+    """The finding comparing ``ours`` with ``theirs`` (both with test scores) and its verdict
+    (``higher``, ``lower``, ``unresolved``, or ``unpaired`` without a common seed)."""
+    score = _score_title(task, task.primary_metric)
+    name = _against(ours, theirs)
+    who = method_title(ours.method)
+    where = ours.describe()
+    mine, other = ours.splits["test"], theirs.splits["test"]
+    means = f"test {score} {_score(mine)} (n={mine.n}) vs {_score(other)} (n={other.n}) with {name}"
+    paired = paired_delta(ours, theirs)
+    if paired is None or paired.n == 0:
+        return (
+            f"{_capitalized(who)} in {where} shares no seed with its {name} student: nothing to "
+            f"pair ({means}).",
+            "unpaired",
+        )
+    level = f"{paired.level:.0%}"
+    body = f"paired Δ test {score} {paired.text()}"
+    if paired.verdict == "higher":
+        head = f"**{_capitalized(who)} beats {name} in {where}**"
+        body += f", the {level} interval above 0"
+    elif paired.verdict == "lower":
+        head = f"**{_capitalized(who)} does not beat {name} in {where}**"
+        body = f"it is worse, {body}, the {level} interval below 0"
+    else:
+        head = f"**No difference the data can resolve between {who} and {name} in {where}**"
+        if paired.interval is not None:
+            body += f", the {level} interval includes 0"
+    body += f"; {means}"
+    clause = ""
+    secondary = task.secondary_metric
+    other_paired = None if secondary is None else paired_delta(ours, theirs, secondary)
+    if secondary is not None and other_paired is not None and other_paired.n:
+        title = _score_title(task, secondary)
+        body += f"; paired Δ test {title} {other_paired.text()}"
+        if other_paired.verdict != paired.verdict:
+            clause = f" On test {title} " + _OTHER_SCORE[other_paired.verdict].format(name=name)
+            clause += "."
+    return f"{head}: {body}.{clause}", paired.verdict
 
 
 def teacher_checks(summaries: Sequence[Summary]) -> list[str]:
@@ -438,7 +532,8 @@ def _table(summaries: Sequence[Summary], task: Task) -> list[str]:
     fraction (a task that learns from unlabeled text), the test ``secondary_metric`` and
     ``primary_metric`` (the first with ``(n=seeds)``), the dev primary score, the task's further
     ``report_scores`` on test (mean, one decimal; dep: the well-formed rate before repair), test
-    speed, and Δ test primary score vs the no-KD student of the setting."""
+    speed, and Δ test primary score vs the no-KD student of the setting and, when the table has
+    Token KD rows, vs the Token KD student, both paired by seed (``_delta_cell``)."""
     primary = task.primary_metric
     tested = [name for name in (task.secondary_metric, primary) if name is not None]
     further = [name for name in task.report_scores if name not in tested]
@@ -447,10 +542,11 @@ def _table(summaries: Sequence[Summary], task: Task) -> list[str]:
     header += [f"test {_score_title(task, name)}" for name in tested]
     header += [f"dev {_score_title(task, primary)}"]
     header += [f"{_score_title(task, name)} % (test)" for name in further]
-    header += ["test sentences/s", f"Δ test {_score_title(task, primary)} vs no KD"]
+    header += ["test sentences/s"]
+    against = ["none"] + ["token"] * any(summary.method == "token" for summary in summaries)
+    header += [f"Δ test {_score_title(task, primary)} vs {method_title(m)}" for m in against]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for summary in summaries:
-        delta = _test_delta(summaries, summary)
         speed = summary.splits.get("test")
         cells = [
             summary.case,
@@ -469,9 +565,26 @@ def _table(summaries: Sequence[Summary], task: Task) -> list[str]:
             statistic = None if speed is None else speed.score(name)
             cells.append("-" if statistic is None else f"{statistic.mean:.1f}")
         cells.append("-" if speed is None else f"{speed.sentences_per_second:,.0f}")
-        cells.append("-" if delta is None or summary.method == "none" else f"{delta:+.2f}")
+        cells += [_delta_cell(summaries, summary, method) for method in against]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _delta_cell(summaries: Sequence[Summary], summary: Summary, method: str) -> str:
+    """The Δ test primary score of ``summary`` vs the ``method`` row it pairs with:
+    ``+0.42 [-0.10, +0.94] (n=3)`` (``PairedDifference.text``); on a teacher row vs no KD, the
+    difference of means ``+2.13 (means)``; ``-`` on the ``method`` row itself, on rows that are
+    not compared with ``method`` and without a row to compare with."""
+    if summary.method == TEACHER:
+        delta = _means_delta(summaries, summary) if method == "none" else None
+        return "-" if delta is None else f"{delta:+.2f} (means)"
+    if summary.method == method or summary.method == "none":
+        return "-"
+    if method != "none" and method not in COMPARED.get(summary.method, ()):
+        return "-"
+    baseline = _paired_baseline(summaries, summary, method)
+    paired = None if baseline is None else paired_delta(summary, baseline)
+    return "-" if paired is None else paired.text()
 
 
 def _score_cell(summary: Summary, split: str, name: str, *, with_n: bool) -> str:
@@ -556,6 +669,7 @@ def render_markdown(
     lines = [f"# {title}", ""]
     paragraphs = [get_task(task).report_intro for task in tasks or [DEFAULT_TASK]]
     lines.append("\n\n".join(dict.fromkeys(paragraphs)))
+    lines += ["", _delta_paragraph(tasks)]
     tables: dict[tuple[str, str], list[Summary]] = defaultdict(list)
     for summary in summaries:
         tables[(summary.task, summary.dataset)].append(summary)
@@ -581,6 +695,19 @@ def render_markdown(
     lines += ["", "Code commits (`-dirty`: uncommitted changes at run time):", ""]
     lines += [f"- `{commit}`: {len(run_ids)} run(s)" for commit, run_ids in sorted(commits.items())]
     return "\n".join(lines) + "\n"
+
+
+def _delta_paragraph(tasks: Sequence[str]) -> str:
+    """What the Δ columns and the findings' intervals are."""
+    return (
+        f"Δ vs no KD, Δ vs Token KD: the {_plot_subject(tasks)} of a student minus that of the "
+        "no-KD (Token KD) student of the same case, student and labeled fraction, paired by seed "
+        "(the same seed gives the same initialization and batch order): the mean of the "
+        "per-seed differences [its 95% confidence interval, Student t with n - 1 degrees of "
+        "freedom] (n = paired seeds; one paired seed gives no interval). A gain or a loss is "
+        "called only when the interval excludes 0. On a teacher row, one model shared by every "
+        "student seed: its score minus the no-KD student's mean (means, not paired)."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
