@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import torch
@@ -125,7 +125,11 @@ def upcast(tensor: Tensor) -> Tensor:
 
 
 def check_potential_values(
-    name: str, tensor: Tensor, keep: Tensor | None, temperature: float
+    name: str,
+    tensor: Tensor,
+    keep: Tensor | None,
+    temperature: float,
+    bounds: Mapping[torch.dtype, float] = MAX_ABS_POTENTIAL,
 ) -> Tensor:
     """Check the values of a potentials tensor where they are used; returns the tensor to use.
 
@@ -133,13 +137,14 @@ def check_potential_values(
     sentence); elsewhere (padding, ignored entries) anything goes, NaN included: those entries are
     replaced by 0 in the returned tensor (a copy, made only when such an entry exists). Inside
     ``keep``, a NaN raises ``NumericalError``, ``+inf`` raises ``ValueError`` and a finite
-    ``|potential / temperature|`` above :data:`MAX_ABS_POTENTIAL` of its dtype raises
-    ``ValueError`` (outside the exactness range). One reduction and one host sync when every
+    ``|potential / temperature|`` above ``bounds`` of its dtype (default
+    :data:`MAX_ABS_POTENTIAL`; a structure whose sums lose more digits passes a tighter range)
+    raises ``ValueError`` (outside the exactness range). One reduction and one host sync when every
     value is in range.
     """
     if tensor.numel() == 0:
         return tensor
-    bound = MAX_ABS_POTENTIAL.get(tensor.dtype, MAX_ABS_POTENTIAL[torch.float32])
+    bound = bounds.get(tensor.dtype, bounds[torch.float32])
     limit = bound * temperature
     with torch.no_grad():
         low, high = (float(v) for v in torch.aminmax(tensor.detach()))
@@ -163,7 +168,7 @@ def check_potential_values(
             f"{name} holds a finite score of magnitude {largest:.3g} (divided by the temperature "
             f"{temperature:g}: {largest / temperature:.3g}), beyond the exactness range "
             f"|s / T| <= {bound:g} of structkd.structures in {tensor.dtype} (use float64 up to "
-            f"{MAX_ABS_POTENTIAL[torch.float64]:g}; -inf forbids)"
+            f"{bounds[torch.float64]:g}; -inf forbids)"
         )
     if bool(strange.any()):
         return tensor.masked_fill(strange, 0.0)

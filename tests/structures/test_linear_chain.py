@@ -414,7 +414,12 @@ def test_property_finite_normalized_and_consistent(
 ):
     dtype = F64 if double else torch.float32
     crf = random_crf(batch, seq_len, n_labels, scale, seed, dtype, constrained and n_labels >= 3)
-    crf = crf.tempered(temperature)
+    try:
+        crf = crf.tempered(temperature)
+    except ValueError as error:
+        # beyond the exactness range of float32 (|s / T| <= 1e5): refused, never wrong
+        assert "exactness range" in str(error) and not double and scale / temperature >= 1e5
+        return
     mask = crf.mask
     log_partition, marginals, pairs = crf.log_partition, crf.marginals, crf.pair_marginals
     assert torch.isfinite(log_partition).all()
