@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, TextIO
 
+from structkd.data.tag_schemes import SCHEMES
 from structkd.tasks import get_task
 from structkd.train.options import DistillOptions, TrainOptions, positive_int
 
@@ -48,12 +49,17 @@ def evaluate(
     num_threads: int | None = None,
     max_sentences: int | None = None,
     include_punct: bool = False,
+    scheme: str = "auto",
 ) -> dict[str, Any]:
     """The scores of the model in ``model_dir`` on the labeled ``data`` (the task is read from
     the model directory): NER precision, recall, F1 per type; dependency UAS, LAS
-    (punctuation excluded unless ``include_punct``) and the well-formed rate; and the speed."""
+    (punctuation excluded unless ``include_punct``) and the well-formed rate; and the speed.
+    ``scheme``: the tag scheme of tagged data (``auto``: detected, IOB1 with a warning; or
+    ``iob1``, ``iob2``, ``bioes``: checked), passed on to the task when not ``auto``."""
     positive_int(batch_size, "batch_size")
     positive_int(num_threads, "num_threads", allow_none=True)
+    if scheme not in ("auto", *SCHEMES):
+        raise ValueError(f"scheme must be one of auto, {', '.join(SCHEMES)}; got {scheme!r}")
     if num_threads is not None:
         import torch
 
@@ -65,6 +71,7 @@ def evaluate(
         device=device,
         max_sentences=max_sentences,
         include_punct=include_punct,
+        **({} if scheme == "auto" else {"scheme": scheme}),
     )
 
 

@@ -95,3 +95,105 @@ def test_summary_is_written_by_the_task() -> None:
     assert lines[1] == "dev  F1 50.00  P 40.00  R 60.00  (100 sentences/s)"
     assert lines[2] == get_task("ner").score_line("test", dev) == "test F1 50.00  P 40.00  R 60.00"
     assert summary({"model_dir": "m"}, "ner") == ""
+
+
+# --- issue 10: a model of the wrong task, --scheme ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, one_thread):
+    """A tiny NER tagger and a tiny dependency parser, with data of each task."""
+    from structkd.api import TrainOptions, train
+    from tests.tasks.dep.test_dep import TINY_PARSER, _treebank
+    from tests.tasks.ner import TINY, write_conll
+
+    root = tmp_path_factory.mktemp("two_models")
+    write_conll(root / "ner.conll", 12, seed=1)
+    (root / "dep.conllu").write_text(_treebank(8, 1), encoding="utf-8")
+    common = {"epochs": 1, "progress": False, "cache_dir": str(root / "cache")}
+    ner, dep = str(root / "ner-model"), str(root / "dep-model")
+    ner_data, dep_data = str(root / "ner.conll"), str(root / "dep.conllu")
+    ner_options = {"arch": "student-crf", "arch_overrides": dict(TINY)}
+    dep_options = {"task": "dep", "arch": "parser-matrix-tree", "arch_overrides": dict(TINY_PARSER)}
+    train(TrainOptions(train=ner_data, dev=ner_data, out=ner, **ner_options, **common))
+    train(TrainOptions(train=dep_data, dev=dep_data, out=dep, **dep_options, **common))
+    return root, {"ner": (ner, ner_data), "dep": (dep, dep_data)}
+
+
+def _one_error_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"structkd {argv[0]}: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(("task", "other"), [("ner", "dep"), ("dep", "ner")])
+def test_a_model_of_the_other_task_is_named_as_such(two_models, capsys, task, other):
+    root, models = two_models
+    wrong, _ = models[other]  # a model of the other task, given where a `task` model is expected
+    data = models[task][1]
+    expected = f"{wrong!r} holds a {other!r} model, not a {task!r} model"
+    argv = ["distill", "--task", task, "--teacher", wrong, "--train", data, "--dev", data,
+            "--out", str(root / f"student-{task}"), "--cache-dir", str(root / "cache"),
+            "--no-progress"]  # fmt: skip
+    assert expected in _one_error_line(capsys, argv)
+    argv = ["evaluate", "--task", task, "--model", wrong, "--data", data]
+    assert expected in _one_error_line(capsys, argv)
+    argv = ["predict", "--task", task, "--model", wrong, "--input", data,
+            "--output", str(root / f"out-{task}")]  # fmt: skip
+    assert expected in _one_error_line(capsys, argv)
+    assert not (root / f"student-{task}").exists() and not (root / f"out-{task}").exists()
+
+
+def test_scheme_flags_of_labeled_input(two_models, tmp_path, capsys):
+    from structkd.cli import build_parser
+    from structkd.cli.models import training_fields
+    from structkd.data.conll import InferredIOB1Warning
+
+    parser = build_parser()
+    for command in ("train", "distill"):
+        args = parser.parse_args([command, "--train", "t", "--dev", "d", "--out", "o"])
+        assert training_fields(args)["scheme"] == "auto"
+        argv = [command, "--train", "t", "--dev", "d", "--out", "o", "--scheme", "iob1"]
+        assert training_fields(parser.parse_args(argv))["scheme"] == "iob1"
+    assert parser.parse_args(["predict", "--model", "m", "--input", "i"]).scheme == "bioes"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--model", "m", "--data", "d", "--scheme", "iobes"])
+    capsys.readouterr()
+    _, models = two_models
+    model, _ = models["ner"]
+    iob1 = tmp_path / "iob1.conll"
+    iob1.write_text("Alice B-PER\nmet O\n\nthe O\nBob I-PER\n", encoding="utf-8")
+    line = _one_error_line(capsys, ["evaluate", "--model", model, "--data", str(iob1),
+                                    "--scheme", "iob2"])  # fmt: skip
+    assert f"{iob1}, line 5: " in line and "IOB2 requires I-PER" in line
+    assert main(["evaluate", "--model", model, "--data", str(iob1), "--scheme", "iob1"]) == 0
+    with pytest.warns(InferredIOB1Warning, match="--scheme iob1 to confirm"):
+        assert main(["evaluate", "--model", model, "--data", str(iob1)]) == 0
+    # the input scheme of dependency data: a treebank has none
+    dep_model, dep_data = models["dep"]
+    line = _one_error_line(capsys, ["evaluate", "--model", dep_model, "--data", dep_data,
+                                    "--scheme", "iob1"])  # fmt: skip
+    assert "a treebank has no tag scheme" in line
+
+
+def test_a_warning_is_one_line_on_stderr(two_models, tmp_path):
+    """A user sees ``structkd: warning: ...`` on one line, not Python's warning format."""
+    import subprocess
+    import sys
+
+    _, models = two_models
+    model, _ = models["ner"]
+    iob1 = tmp_path / "iob1.conll"
+    iob1.write_text("Alice B-PER\nmet O\n\nthe O\nBob I-PER\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "structkd", "evaluate", "--model", model, "--data", str(iob1)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith("structkd: warning: ")
+    assert "--scheme iob1 to confirm" in lines[0]

@@ -34,7 +34,7 @@ def _argv(tmp_path, *extra: str) -> list[str]:
     argv = ["demo", "--out", str(tmp_path / "demo")]
     for split in ("train", "dev", "test"):
         argv += [f"--{split}", str(tmp_path / f"{split}.conll")]
-    argv += ["--train-sentences", "30", "--teacher-epochs", str(TEACHER_EPOCHS)]
+    argv += ["--train-sentences", "60", "--teacher-epochs", str(TEACHER_EPOCHS)]
     argv += ["--student-epochs", "3"]
     argv += ["--batch-size", "8", "--lr", "0.02"]
     for key, value in TEACHER_OVERRIDES.items():
@@ -46,15 +46,15 @@ def _argv(tmp_path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """Tiny CoNLL train/dev/test files (40/15/15 sentences) for the demo runs of this module."""
+    """Tiny CoNLL train/dev/test files (70/15/15 sentences) for the demo runs of this module."""
     tmp_path = tmp_path_factory.mktemp("demo")
-    write_conll(tmp_path / "train.conll", 40, seed=1)
+    write_conll(tmp_path / "train.conll", 70, seed=1)
     write_conll(tmp_path / "dev.conll", 15, seed=2)
     write_conll(tmp_path / "test.conll", 15, seed=3)
     return tmp_path
 
 
-def test_demo_trains_three_models_and_writes_the_report(demo_run, capsys) -> None:
+def test_demo_trains_four_models_and_writes_the_report(demo_run, capsys) -> None:
     tmp_path = demo_run
     assert main(_argv(tmp_path)) == 0
     out = capsys.readouterr().out
@@ -66,9 +66,10 @@ def test_demo_trains_three_models_and_writes_the_report(demo_run, capsys) -> Non
     assert [row["model"] for row in rows] == [
         "teacher",
         "student, no KD",
+        "student, Token KD",
         "student, structural KD",
     ]
-    assert [row["arch"] for row in rows] == ["teacher-crf", "student-crf", "student-crf"]
+    assert [row["arch"] for row in rows] == ["teacher-crf"] + ["student-crf"] * 3
     for row in rows:
         for key in ("dev_f1", "test_f1", "sentences_per_second", "speedup"):
             assert math.isfinite(row[key]) and row[key] >= 0
@@ -85,19 +86,34 @@ def test_demo_trains_three_models_and_writes_the_report(demo_run, capsys) -> Non
     student = json.loads((tmp_path / "demo" / "student-struct" / "metrics.json").read_text())
     assert student["distillation"]["method"] == "struct"
     assert student["distillation"]["teachers"] == [str(tmp_path / "demo" / "teacher")]
-    assert student["data"]["n_train_sentences"] == 30
-    # same initialization and batches, but the KD term changed the student
-    no_kd = read_model(rows[1]["model_dir"]).state_dict
-    with_kd = read_model(rows[2]["model_dir"]).state_dict
-    assert not all(torch.equal(no_kd[name], with_kd[name]) for name in no_kd)
-    # the table: printed and in the report, a header, a rule and three rows
+    # half of the 60 sentences labeled (the teacher's data), the rest unlabeled text
+    assert student["data"]["n_train_sentences"] == 60
+    assert student["data"]["n_labeled"] == 30 and student["data"]["n_unlabeled"] == 30
+    teacher = json.loads((tmp_path / "demo" / "teacher" / "metrics.json").read_text())
+    assert teacher["data"]["n_train_sentences"] == 30
+    no_kd = json.loads((tmp_path / "demo" / "student-none" / "metrics.json").read_text())
+    assert no_kd["data"]["n_labeled"] == 30 and no_kd["data"]["n_unlabeled"] == 0
+    # same initialization, but the KD term changed the student
+    no_kd_state = read_model(rows[1]["model_dir"]).state_dict
+    with_kd = read_model(rows[3]["model_dir"]).state_dict
+    assert not all(torch.equal(no_kd_state[name], with_kd[name]) for name in no_kd_state)
+    # the gains: differences of the rows' test F1
+    gains = results["gains"]
+    assert gains["over_none"] == pytest.approx(rows[3]["test_f1"] - rows[1]["test_f1"])
+    assert gains["over_token"] == pytest.approx(rows[3]["test_f1"] - rows[2]["test_f1"])
+    if rows[0]["test_f1"] > rows[1]["test_f1"]:
+        gap = rows[0]["test_f1"] - rows[1]["test_f1"]
+        assert gains["gap_closed"] == pytest.approx(gains["over_none"] / gap)
+    assert "structural KD" in out and "no KD on test F1" in out
+    # the table: printed and in the report, a header, a rule and four rows
     report = report_path.read_text()
     table = [line for line in report.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + 3 and "sentences/s" in table[0] and "speed-up" in table[0]
-    assert "structural KD" in table[4] and f"{rows[2]['test_f1']:.2f}" in table[4]
+    assert len(table) == 2 + 4 and "sentences/s" in table[0] and "speed-up" in table[0]
+    assert "structural KD" in table[5] and f"{rows[3]['test_f1']:.2f}" in table[5]
     assert "structkd demo --out" in report and "--student-epochs 3" in report
+    assert "(first 60 sentences: the first 30 labeled" in report
     printed = [line for line in out.splitlines() if line.startswith(("teacher ", "student,"))]
-    assert len(printed) == 3
+    assert len(printed) == 4
 
 
 def test_demo_reuses_a_matching_teacher_only(demo_run, capsys) -> None:
@@ -120,7 +136,7 @@ def test_demo_reuses_a_matching_teacher_only(demo_run, capsys) -> None:
         train=str(tmp_path / "train.conll"),
         dev=str(tmp_path / "dev.conll"),
         test=str(tmp_path / "test.conll"),
-        train_sentences=30,
+        train_sentences=60,
         teacher_epochs=TEACHER_EPOCHS + 1,
         batch_size=8,
         learning_rate=0.02,
@@ -146,6 +162,10 @@ def test_demo_rejects_bad_options(tmp_path, capsys) -> None:
     }
     with pytest.raises(ValueError, match="train_sentences"):
         run_demo(DemoOptions(out=str(tmp_path), train_sentences=0))
+    with pytest.raises(ValueError, match="labeled_fraction"):
+        run_demo(DemoOptions(out=str(tmp_path), labeled_fraction=0.0))
+    with pytest.raises(ValueError, match="unknown method"):
+        run_demo(DemoOptions(out=str(tmp_path), methods=("none", "magic")))
 
 
 def test_command_line_defaults_are_the_demo_budget() -> None:
@@ -159,6 +179,7 @@ def test_command_line_defaults_are_the_demo_budget() -> None:
         "train",
         "dev",
         "test",
+        "labeled_fraction",
         "teacher_epochs",
         "student_epochs",
         "seed",
@@ -171,3 +192,42 @@ def test_command_line_defaults_are_the_demo_budget() -> None:
     ):
         assert getattr(args, name) == getattr(defaults, name), name
     assert not args.quick and not args.retrain_teacher
+
+
+def test_a_killed_teacher_is_never_reused(demo_run, tmp_path) -> None:
+    """A teacher whose training was started again and killed: its directory holds the new
+    model.pt and no completion marker (the earlier metrics.json removed when the run started,
+    or, as an older structkd left it, still there): it is trained again, not reused."""
+    from structkd.api import train
+    from structkd.tasks import get_task
+    from structkd.train.fit import fit
+    from structkd.train.interrupts import RunInterrupted
+
+    options = teacher_options(
+        DemoOptions(
+            out=str(tmp_path / "demo"),
+            train=str(demo_run / "train.conll"),
+            dev=str(demo_run / "dev.conll"),
+            test=str(demo_run / "test.conll"),
+            train_sentences=20,
+            teacher_epochs=2,
+            batch_size=8,
+            learning_rate=0.02,
+            teacher_overrides=TEACHER_OVERRIDES,
+        )
+    )
+    metrics = train(options)
+    reused = reusable_teacher(options)
+    assert reused is not None and reused["dev"] == metrics["dev"]
+    old_metrics = (tmp_path / "demo" / "teacher" / "metrics.json").read_bytes()
+    run = get_task(options.task).prepare_train(options)
+
+    def killed(model, device):
+        raise RunInterrupted(15)
+
+    run.hooks.final_scores = killed
+    with pytest.raises(RunInterrupted):
+        fit(run)
+    assert reusable_teacher(options) is None
+    (tmp_path / "demo" / "teacher" / "metrics.json").write_bytes(old_metrics)
+    assert reusable_teacher(options) is None

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from structkd.data.tag_schemes import SCHEMES
 from structkd.distill.methods import DEFAULT_METHOD, METHOD_NAMES, TEMPERATURE_MODES
 from structkd.tasks import get_task, task_names
 from structkd.train.options import KD_SCHEDULES, DistillOptions, TrainOptions
@@ -30,6 +31,14 @@ __all__ = [
 
 DEFAULT_TASK: str = TrainOptions.task
 """The task of ``--task`` when it is not given (that of ``TrainOptions``)."""
+
+INPUT_SCHEMES: tuple[str, ...] = ("auto", *SCHEMES)
+"""The choices of ``--scheme`` on ``train``, ``distill`` and ``evaluate``: the tag scheme of the
+labeled data read (``predict``'s ``--scheme`` is the scheme it writes)."""
+_INPUT_SCHEME_HELP = (
+    "tag scheme of tagged data files (default auto: detected, with a warning when it comes out "
+    "IOB1; iob1, iob2 or bioes: every tag checked against it)"
+)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -90,7 +99,16 @@ def add_training_arguments(parser: argparse.ArgumentParser, command: str) -> Non
         "--dev", required=True, help=f"dev data, for model selection ({_metric_help()})"
     )
     parser.add_argument("--test", help="test data, scored with the best model")
+    parser.add_argument("--scheme", default="auto", choices=INPUT_SCHEMES, help=_INPUT_SCHEME_HELP)
     parser.add_argument("--out", required=True, help="the model directory to write")
+    parser.add_argument(
+        "--vocab-text",
+        action="append",
+        default=[],
+        metavar="DATA",
+        help="other text the model will read (e.g. the unlabeled text a teacher labels): its "
+        "words keep their pretrained vectors; repeatable",
+    )
     parser.add_argument("--arch", help=_arch_help(command))
     parser.add_argument(
         "--arch-override",
@@ -128,7 +146,9 @@ def training_fields(args: argparse.Namespace) -> dict[str, Any]:
         "train": args.train,
         "dev": args.dev,
         "test": args.test,
+        "scheme": getattr(args, "scheme", TrainOptions.scheme),
         "out": args.out,
+        "vocab_text": list(args.vocab_text),
         "task": args.task,
         "arch": args.arch or get_task(args.task).default_arch(command),
         "arch_overrides": dict(args.arch_override),
@@ -189,10 +209,20 @@ def _run_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_model_task(model_dir: str, task: str | None) -> None:
+    """With ``--task`` given, a model of another task is refused by name (``'runs/x' holds a
+    'dep' model, not a 'ner' model``) before its data is read as the wrong format."""
+    if task is not None:
+        from structkd.train.checkpoint import read_model
+
+        read_model(model_dir, task=task)
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from structkd.api import evaluate
     from structkd.train.checkpoint import model_task
 
+    _check_model_task(args.model, args.task)
     result = evaluate(
         args.model,
         args.data,
@@ -200,6 +230,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         num_threads=args.num_threads,
         include_punct=args.punct,
+        scheme=args.scheme,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -211,6 +242,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_predict(args: argparse.Namespace) -> int:
     from structkd.api import predict
 
+    _check_model_task(args.model, args.task)
     predict(
         args.model,
         args.input,
@@ -288,7 +320,13 @@ def add_commands(
         "--punct", action="store_true", help="dependency models: score punctuation too"
     )
     evaluate_parser.add_argument(
-        "--task", choices=task_names(), help="ignored: the task is read from the model directory"
+        "--scheme", default="auto", choices=INPUT_SCHEMES, help=_INPUT_SCHEME_HELP
+    )
+    evaluate_parser.add_argument(
+        "--task",
+        choices=task_names(),
+        help="the task is read from the model directory; if given, a model of another task is "
+        "refused",
     )
 
     predict_parser = commands.add_parser(
@@ -304,14 +342,19 @@ def add_commands(
     predict_parser.add_argument("--input", required=True, help="a file, or - for standard input")
     predict_parser.add_argument("--output", default="-", help="a file, or - (default) for stdout")
     predict_parser.add_argument("--format", default="auto", choices=("auto", "conll", "tokens"))
-    predict_parser.add_argument("--scheme", default="bioes", choices=("bioes", "iob2"))
+    predict_parser.add_argument(
+        "--scheme",
+        default="bioes",
+        choices=("bioes", "iob2"),
+        help="NER: the tag scheme written (default bioes, the model's own labels)",
+    )
     predict_parser.add_argument("--batch-size", type=int, default=64)
     predict_parser.add_argument("--device", default="cpu")
     predict_parser.add_argument(
         "--task",
         choices=task_names(),
-        help="ignored: the task is read from the model directory (with its input and output "
-        "formats)",
+        help="the task is read from the model directory (with its input and output formats); "
+        "if given, a model of another task is refused",
     )
     handlers = {
         "train": (train_parser, _run_train),

@@ -1,9 +1,13 @@
 """CoNLL column files for NER: the sentence record, readers, the labeled-fraction split, a writer.
 
 Format read: one token per line, the word in the first column and the tag in the last, columns
-separated by spaces or tabs; a blank line ends a sentence; ``-DOCSTART-`` lines and comment lines
-(starting with ``#``) are skipped. Files must be UTF-8 (a leading byte-order mark is ignored).
-Anything malformed raises ``DataError`` naming the file, the line and the problem.
+separated by spaces or tabs, any number of columns between them (lines may differ in their count:
+only the first and the last matter, as in conlleval); a blank line ends a sentence; ``-DOCSTART-``
+lines are skipped. Column files have no comment lines: a token that begins with ``#`` (``#Paris``,
+``#``) is a word like any other. Files must be UTF-8 (a leading byte-order mark is ignored).
+Anything malformed raises ``DataError`` naming the file, the line and the problem. When the tag
+scheme is detected (``scheme="auto"``) and comes out IOB1 (an ``I-`` opens a span), the reader
+warns (``InferredIOB1Warning``): that is more often a mistake in IOB2 data than an IOB1 file.
 
 Pure Python (no torch): batching sentences into tensors lives in ``structkd.data.batching``.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -31,6 +36,11 @@ from structkd.data.tag_schemes import (
 DOCSTART = "-DOCSTART-"
 _COLUMN_SEPARATOR = re.compile(r"[ \t]+")
 _LINE_EDGES = " \t\r"
+
+
+class InferredIOB1Warning(UserWarning):
+    """A column file read with ``scheme="auto"`` was taken to be IOB1 (an ``I-`` tag opens a span):
+    the message names the file and the first such line, and how to confirm or refuse it."""
 
 
 class DataError(ValueError):
@@ -86,11 +96,9 @@ class Sentence:
         return replace(self, tags=list(tags))
 
 
-def _read_text_lines(path: str | os.PathLike[str]) -> list[str]:
-    """Lines of a UTF-8 file without line ends; ``DataError`` for an empty or non-UTF-8 file."""
-    raw = Path(path).read_bytes()
-    if not raw:
-        raise DataError(path, 1, "the file is empty (0 bytes)")
+def decode_utf8(raw: bytes, path: str | os.PathLike[str]) -> str:
+    """``raw`` decoded as UTF-8 without a leading byte-order mark; ``DataError`` naming ``path``,
+    the line and the byte when it is not UTF-8."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -102,8 +110,16 @@ def _read_text_lines(path: str | os.PathLike[str]) -> list[str]:
             f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte {column} of the line: "
             f"{error.reason}); re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`",
         ) from None
-    text = text.removeprefix("\ufeff")
-    lines = text.split("\n")
+    return text.removeprefix("\ufeff")
+
+
+def read_text_lines(path: str | os.PathLike[str]) -> list[str]:
+    """Lines of a UTF-8 file without line ends (split at ``\\n`` only; a byte-order mark
+    ignored); ``DataError`` (file and line) for an empty or non-UTF-8 file."""
+    raw = Path(path).read_bytes()
+    if not raw:
+        raise DataError(path, 1, "the file is empty (0 bytes)")
+    lines = decode_utf8(raw, path).split("\n")
     if lines[-1] == "":
         lines.pop()
     return lines
@@ -115,7 +131,7 @@ def read_conll(
     scheme: str = "iob2",
     target_scheme: str | None = None,
     labeled: bool = True,
-    comment_prefix: str | None = "#",
+    comment_prefix: str | None = None,
     docstart: str | None = DOCSTART,
 ) -> list[Sentence]:
     """Read a CoNLL column file into sentences.
@@ -124,12 +140,14 @@ def read_conll(
         path: the file (UTF-8).
         scheme: the tag scheme of the file, ``"iob1"``, ``"iob2"`` or ``"bioes"``, checked on every
             sentence; or ``"auto"`` to detect it from the whole file (``detect_scheme``) and then
-            check it. Pass ``target_scheme`` with ``"auto"`` to know which scheme you get.
+            check it (an IOB1 result warns, ``InferredIOB1Warning``). Pass ``target_scheme`` with
+            ``"auto"`` to know which scheme you get.
         target_scheme: convert the tags to this scheme (``None``: keep the file's scheme).
         labeled: ``False`` ignores the tag column entirely (unlabeled text from a labeled file; a
             line then needs only one column) and returns sentences with ``tags=None``.
-        comment_prefix: lines starting with it are skipped (``None``: no comment lines; use that
-            for data where a token line may start with ``#``).
+        comment_prefix: ``None`` (the default): no comment lines, a token beginning with ``#`` is
+            a word. A string: lines starting with it are skipped (for files known to carry
+            comments; such a file cannot hold a token that begins with it).
         docstart: a line whose first column is this is a document boundary and is skipped.
 
     Returns:
@@ -137,15 +155,15 @@ def read_conll(
 
     Raises:
         DataError: naming the file and line: a line with fewer than two columns (one when
-            ``labeled=False``) or a different number of columns than the file's first token line,
-            a malformed tag, a tag that breaks the scheme, an empty file or one without sentences,
-            bytes that are not UTF-8.
+            ``labeled=False``), a malformed tag, a tag that breaks the scheme, an empty file or
+            one without sentences, bytes that are not UTF-8. Lines may differ in how many columns
+            they have between the word (first) and the tag (last).
     """
     if scheme != "auto":
         check_scheme(scheme)
     if target_scheme is not None:
         check_scheme(target_scheme, name="target_scheme")
-    lines = _read_text_lines(path)
+    lines = read_text_lines(path)
     source = os.fspath(path)
     min_columns = 2 if labeled else 1
 
@@ -153,7 +171,6 @@ def read_conll(
     line_numbers: list[int] = []
     tokens: list[str] = []
     tags: list[str] = []
-    columns_seen: tuple[int, int] | None = None  # (number of columns, line where first seen)
 
     def close_sentence() -> None:
         nonlocal line_numbers, tokens, tags
@@ -179,15 +196,6 @@ def read_conll(
                 f"found {len(fields)} column ({content!r}); a labeled CoNLL line needs at least "
                 "two, the word first and the tag last (pass labeled=False to read words only)",
             )
-        if columns_seen is None:
-            columns_seen = (len(fields), number)
-        elif len(fields) != columns_seen[0]:
-            raise DataError(
-                path,
-                number,
-                f"found {len(fields)} columns but line {columns_seen[1]} has {columns_seen[0]}; "
-                "every token line must have the same columns (a token with a space in it?)",
-            )
         if labeled:
             try:
                 split_tag(fields[-1])
@@ -201,8 +209,8 @@ def read_conll(
     if not blocks:
         raise DataError(
             path,
-            len(lines),
-            "no sentences in the file (it holds only blank, comment or -DOCSTART- lines)",
+            max(1, len(lines)),
+            "no sentences in the file (it holds only blank or -DOCSTART- lines)",
         )
     if not labeled:
         return [Sentence(tokens, None, source, numbers[0]) for numbers, tokens, _ in blocks]
@@ -218,7 +226,30 @@ def read_conll(
         if target_scheme is not None and target_scheme != file_scheme:
             tags = convert_tags(tags, file_scheme, target_scheme)
         sentences.append(Sentence(tokens, tags, source, numbers[0]))
+    if scheme == "auto" and file_scheme == "iob1":
+        _warn_inferred_iob1(source, blocks)
     return sentences
+
+
+def _warn_inferred_iob1(
+    source: str, blocks: Sequence[tuple[list[int], list[str], list[str]]]
+) -> None:
+    """Warn that ``source`` was read as IOB1, naming the first line where an ``I-`` opens a span."""
+    where = ""
+    for numbers, _, tags in blocks:
+        violation = find_scheme_violation(tags, "iob2")
+        if violation is not None:
+            index = violation[0]
+            previous = "the start of the sentence" if index == 0 else repr(tags[index - 1])
+            where = f" (line {numbers[index]}: {tags[index]!r} follows {previous})"
+            break
+    warnings.warn(
+        f"{source}: the tags were read as IOB1, where an I- tag may open an entity{where}; "
+        "pass --scheme iob1 to confirm or --scheme iob2 to refuse (scheme='iob1' or 'iob2' "
+        "from Python)",
+        InferredIOB1Warning,
+        stacklevel=3,
+    )
 
 
 def read_tokenized(path: str | os.PathLike[str]) -> list[Sentence]:
@@ -228,7 +259,7 @@ def read_tokenized(path: str | os.PathLike[str]) -> list[Sentence]:
     ``[n_sentences]`` sentences with ``tags=None``. Raises ``DataError`` (file and line) for an
     empty file, one with only blank lines, or bytes that are not UTF-8.
     """
-    lines = _read_text_lines(path)
+    lines = read_text_lines(path)
     source = os.fspath(path)
     sentences = []
     for number, line in enumerate(lines, start=1):
@@ -236,7 +267,9 @@ def read_tokenized(path: str | os.PathLike[str]) -> list[Sentence]:
         if content:
             sentences.append(Sentence(_COLUMN_SEPARATOR.split(content), None, source, number))
     if not sentences:
-        raise DataError(path, len(lines), "no sentences in the file (it holds only blank lines)")
+        raise DataError(
+            path, max(1, len(lines)), "no sentences in the file (it holds only blank lines)"
+        )
     return sentences
 
 
@@ -314,8 +347,7 @@ def write_conll(
             probability of each predicted tag), written with ``digits`` decimals as a last column.
 
     Columns are separated by a space and sentences by a blank line, so ``read_conll`` reads the
-    file back (without the probability column, the last column is the predicted tag; pass
-    ``comment_prefix=None`` if a token may start with ``#``).
+    file back (without the probability column, the last column is the predicted tag).
     """
     if len(predictions) != len(sentences):
         raise ValueError(
@@ -374,9 +406,12 @@ def write_conll(
 __all__ = [
     "DOCSTART",
     "DataError",
+    "InferredIOB1Warning",
     "Sentence",
+    "decode_utf8",
     "labeled_count",
     "read_conll",
+    "read_text_lines",
     "read_tokenized",
     "read_unlabeled",
     "split_labeled_fraction",

@@ -13,10 +13,16 @@ writing a sentence back reproduces its lines exactly (``conllu``'s own dict pars
 would merge repeated keys, which the Turkish treebank has, e.g.
 ``PersonNumber=A3sg|...|PersonNumber=V3sg``).
 
-A malformed sentence (a wrong column count, a bad or out-of-sequence ID, a missing or
-out-of-range HEAD, a missing DEPREL, a word its own head, no root, several roots, a cycle) raises
-:class:`DataError` (``structkd.data.conll``; a ``ValueError``) naming the file, the line and the
-problem.
+A malformed sentence (a wrong column count, a bad or out-of-sequence ID, a multiword-token range
+or an empty node outside the sentence or out of place, a missing or out-of-range HEAD, a missing
+DEPREL, a word its own head, no root, several roots, a cycle) raises :class:`DataError`
+(``structkd.data.conll``; a ``ValueError``) naming the file, the line and the problem; so do bytes
+that are not UTF-8 (a leading byte-order mark is ignored).
+
+Unparsed text (HEAD and DEPREL ``_``, text to parse) is read with ``require_trees=False``: its
+sentences have ``has_tree=False``, ``heads`` ``-1`` and ``relations`` ``"_"`` where the file has
+``_`` (the ``TokenList`` keeps ``_``, so writing it back without predictions reproduces it).
+Training and evaluation data need trees (the default).
 
 Projectivity: a tree is projective when no two arcs cross, the root word's arc being drawn from a
 node ``0`` left of the sentence (the trees Eisner's algorithm builds). Projective teachers (Eisner
@@ -41,7 +47,7 @@ import conllu
 from conllu.exceptions import ParseException
 from conllu.parser import DEFAULT_FIELDS, parse_comment_line, parse_id_value, parse_int_value
 
-from structkd.data.conll import DataError
+from structkd.data.conll import DataError, decode_utf8
 from structkd.data.packages import distribution_data_file
 
 __all__ = [
@@ -88,7 +94,9 @@ class DepSentence:
     columns as raw strings, see the module docstring); treat it as read-only
     (:func:`with_predictions` copies it). ``source`` is the file (or ``"<string>"``),
     ``start_line`` the 1-based line where the sentence block starts (its first comment or token
-    line), ``word_lines`` the line of each word.
+    line), ``word_lines`` the line of each word. ``has_tree``: ``False`` for a sentence read with
+    ``require_trees=False`` whose HEAD or DEPREL column is ``_`` somewhere (text to parse): its
+    ``heads`` are then ``-1`` and its ``relations`` ``"_"`` where the file has ``_``.
     """
 
     words: tuple[str, ...]
@@ -99,6 +107,7 @@ class DepSentence:
     source: str
     start_line: int
     word_lines: tuple[int, ...]
+    has_tree: bool = True
 
     def __len__(self) -> int:
         return len(self.words)
@@ -199,23 +208,35 @@ def projective_subset(sentences: Iterable[DepSentence]) -> list[DepSentence]:
 # reading
 
 
-def read_conllu(path: str | os.PathLike[str], *, single_root: bool = True) -> list[DepSentence]:
-    """Read a CoNLL-U file (UTF-8) into sentences; raises :class:`DataError` on malformed data.
+def read_conllu(
+    path: str | os.PathLike[str], *, single_root: bool = True, require_trees: bool = True
+) -> list[DepSentence]:
+    """Read a CoNLL-U file (UTF-8, a byte-order mark ignored) into sentences; raises
+    :class:`DataError` (file and line) on malformed data or bytes that are not UTF-8.
 
     ``single_root=False`` accepts several words with head 0 (still at least one, and no cycle).
+    ``require_trees=False`` also accepts unparsed sentences (HEAD and DEPREL ``_``: text to
+    parse; ``has_tree=False``); a sentence whose every word has a HEAD is still checked as a tree.
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as stream:
-        text = stream.read()
-    return parse_conllu(text, source=str(path), single_root=single_root)
+    text = decode_utf8(path.read_bytes(), path)
+    return parse_conllu(
+        text, source=str(path), single_root=single_root, require_trees=require_trees
+    )
 
 
 def parse_conllu(
-    text: str, *, source: str = "<string>", single_root: bool = True
+    text: str,
+    *,
+    source: str = "<string>",
+    single_root: bool = True,
+    require_trees: bool = True,
 ) -> list[DepSentence]:
-    """Parse CoNLL-U text into sentences; ``source`` names the text in error messages."""
+    """Parse CoNLL-U text into sentences; ``source`` names the text in error messages; options as
+    :func:`read_conllu` (a leading byte-order mark is ignored)."""
     return [
-        _parse_block(block, source, single_root) for block in _sentence_blocks(text.split("\n"))
+        _parse_block(block, source, single_root, require_trees)
+        for block in _sentence_blocks(text.removeprefix("\ufeff").split("\n"))
     ]
 
 
@@ -233,14 +254,28 @@ def _sentence_blocks(lines: Sequence[str]) -> Iterator[list[tuple[int, str]]]:
         yield block
 
 
-def _parse_block(block: list[tuple[int, str]], source: str, single_root: bool) -> DepSentence:
+_NEEDS_TREES = (
+    "training and evaluation data need gold trees (unparsed CoNLL-U can only be given to predict)"
+)
+
+
+def _parse_block(
+    block: list[tuple[int, str]], source: str, single_root: bool, require_trees: bool = True
+) -> DepSentence:
     metadata = conllu.Metadata()
     tokens: list[conllu.Token] = []
     words: list[conllu.Token] = []
     word_lines: list[int] = []
+    ranges: list[tuple[int, int, int]] = []  # (line, first word, last word) of multiword tokens
+    empty_nodes: list[tuple[int, int]] = []  # (line, the word it follows)
+    unparsed = False
     for line_number, line in block:
         if line.startswith("#"):
-            for key, value in parse_comment_line(line, metadata_parsers=_KEEP_ALL_COMMENTS):
+            try:
+                pairs = parse_comment_line(line, metadata_parsers=_KEEP_ALL_COMMENTS)
+            except (ParseException, ValueError) as error:
+                raise DataError(source, line_number, f"malformed comment line: {error}") from None
+            for key, value in pairs:
                 metadata[key] = value
             continue
         columns = line.split("\t")
@@ -254,7 +289,7 @@ def _parse_block(block: list[tuple[int, str]], source: str, single_root: bool) -
         token = conllu.Token(zip(CONLLU_FIELDS, columns, strict=True))
         try:
             token_id = parse_id_value(columns[0])
-        except ParseException:
+        except (ParseException, ValueError):
             token_id = None
         if token_id is None:
             raise DataError(source, line_number, f"invalid ID {columns[0]!r}")
@@ -267,26 +302,77 @@ def _parse_block(block: list[tuple[int, str]], source: str, single_root: bool) -
                 )
             try:
                 head = parse_int_value(columns[6])
-            except ParseException:
+            except (ParseException, ValueError):
                 raise DataError(source, line_number, f"invalid HEAD {columns[6]!r}") from None
-            if head is None:
-                raise DataError(source, line_number, f"word {token_id} has no HEAD ('_')")
+            missing = "HEAD" if head is None else "DEPREL" if columns[7] in ("", "_") else None
+            if missing is not None:
+                if require_trees:
+                    raise DataError(
+                        source,
+                        line_number,
+                        f"word {token_id} has no {missing} ('_'); {_NEEDS_TREES}",
+                    )
+                unparsed = True
             token["head"] = head
-            if columns[7] in ("", "_"):
-                raise DataError(source, line_number, f"word {token_id} has no DEPREL ('_')")
             words.append(token)
             word_lines.append(line_number)
+        elif token_id[1] == "-":
+            first, last = token_id[0], token_id[2]
+            if first != len(words) + 1 or last <= first:
+                raise DataError(
+                    source,
+                    line_number,
+                    f"multiword token {columns[0]} must span two or more words from the next "
+                    f"word, {len(words) + 1}",
+                )
+            ranges.append((line_number, first, last))
+        else:
+            if token_id[0] != len(words):
+                raise DataError(
+                    source,
+                    line_number,
+                    f"empty node {columns[0]} must follow word {token_id[0]}, not word "
+                    f"{len(words)}",
+                )
+            empty_nodes.append((line_number, token_id[0]))
         tokens.append(token)
 
     start_line = block[0][0]
     if not words:
         raise DataError(source, start_line, "sentence has no words (no integer-ID line)")
-    heads = tuple(token["head"] for token in words)
-    problem = tree_problem(heads, single_root=single_root)
-    if problem is not None:
-        word, message = problem
-        line_number = word_lines[word - 1] if word else start_line
-        raise DataError(source, line_number, f"malformed tree: {message}")
+    for line_number, first, last in ranges:
+        if last > len(words):
+            raise DataError(
+                source,
+                line_number,
+                f"multiword token {first}-{last} reaches past the last word, {len(words)}",
+            )
+    for index, (line_number, first, last) in enumerate(ranges[1:], start=1):
+        if first <= ranges[index - 1][2]:
+            raise DataError(
+                source,
+                line_number,
+                f"multiword token {first}-{last} overlaps {ranges[index - 1][1]}-"
+                f"{ranges[index - 1][2]}",
+            )
+    if unparsed:
+        for word, token in enumerate(words, start=1):
+            head = token["head"]
+            if head is not None and (not 0 <= head <= len(words) or head == word):
+                raise DataError(
+                    source,
+                    word_lines[word - 1],
+                    f"head {head} of word {word} is out of range 0..{len(words)} or the word "
+                    "itself",
+                )
+        heads = tuple(-1 if token["head"] is None else token["head"] for token in words)
+    else:
+        heads = tuple(token["head"] for token in words)
+        problem = tree_problem(heads, single_root=single_root)
+        if problem is not None:
+            word, message = problem
+            line_number = word_lines[word - 1] if word else start_line
+            raise DataError(source, line_number, f"malformed tree: {message}")
     return DepSentence(
         words=tuple(token["form"] for token in words),
         upos=tuple(token["upos"] for token in words),
@@ -296,6 +382,7 @@ def _parse_block(block: list[tuple[int, str]], source: str, single_root: bool) -
         source=source,
         start_line=start_line,
         word_lines=tuple(word_lines),
+        has_tree=not unparsed,
     )
 
 

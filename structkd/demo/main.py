@@ -1,20 +1,23 @@
-"""``structkd demo`` (what ``make demo`` runs): NER distillation on the real CoNLL-2003 data.
+"""``structkd demo`` (what ``make demo`` runs): NER distillation on the real CoNLL-2003 data, in
+the setting where distillation matters most: a small labeled set and more text without labels.
 
-On a reduced budget (the first ``train_sentences`` sentences of CoNLL-2003 English train, a few
+On a reduced budget (the first ``train_sentences`` sentences of CoNLL-2003 English train, of which
+the first ``labeled_fraction`` keep their tags and the rest are used as unlabeled text; a few
 epochs), through the training API of ``structkd.api``:
 
 1. trains the teacher (``teacher-crf``: frozen MiniLM features, cached, + GloVe + char CNN + BiLSTM
-   + CRF) on gold tags, or reuses the one in ``<out>/teacher`` when it was trained with the same
-   options;
-2. trains the student (``student-crf``: GloVe + char CNN + small BiLSTM + CRF) on gold tags only
-   (no KD);
-3. trains the same student, from the same initialization, by structural KD from the teacher
-   (case 1a, CRF -> CRF: the loss ``-sum_y P_t(y) log P_s(y) = -sum_u P_t(u) s(u) + log Z_s`` with
-   the teacher's exact unary and pair marginals), mixed with the gold loss as
-   ``lambda * KD + (1 - lambda) * gold``, ``lambda`` going linearly from 1 to 0;
-4. prints a table of the three models' dev and test F1 (seqeval, strict) and inference speed
-   (sentences per second on dev + test, length-sorted batches, features such as MiniLM's computed
-   on the fly, one thread), and writes it with the settings to ``<out>/report.md``.
+   + CRF) on the labeled sentences, or reuses the one in ``<out>/teacher`` when it was trained
+   with the same options;
+2. trains the student (``student-crf``: GloVe + char CNN + small BiLSTM + CRF) once per method, on
+   the same seed (the same initialization): no KD (gold tags of the labeled part only), Token KD
+   and structural KD (case 1a, CRF -> CRF: ``-sum_y P_t(y) log P_s(y) = -sum_u P_t(u) s(u) +
+   log Z_s`` with the teacher's exact unary and pair marginals), which learn from the teacher on
+   the unlabeled text as well (``T^2 * KD`` there, ``lambda * T^2 * KD + (1 - lambda) * gold`` on
+   the labeled part);
+3. prints a table of the models' dev and test F1 (seqeval, strict) and inference speed (sentences
+   per second on dev + test, length-sorted batches, features such as MiniLM's computed on the fly,
+   one thread), the gains of structural KD over no KD and Token KD and the share of the
+   teacher-student gap it closes, and writes them with the settings to ``<out>/report.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, TextIO
 
 import torch
 
+from structkd.distill.methods import METHODS
 from structkd.structures.base import NumericalError
 from structkd.train.options import DistillOptions, TrainOptions
 
@@ -40,6 +44,7 @@ __all__ = [
     "DemoOptions",
     "DemoResult",
     "DemoRow",
+    "Gains",
     "demo_command",
     "format_table",
     "markdown_table",
@@ -61,10 +66,13 @@ _RUN_ONLY_OPTIONS = frozenset({"out", "num_threads", "cache_dir", "progress"})
 class DemoOptions:
     """The settings of ``run_demo``; the defaults are the budget of ``make demo``.
 
-    ``out``: the output directory (``teacher/``, ``student-none/``, ``student-struct/``,
-    ``report.md``, ``results.json``; the caches in ``cache/`` unless ``cache_dir`` is given).
-    ``train``, ``dev``, ``test``: data set names or CoNLL files. ``train_sentences``: use the first
-    N training sentences. ``teacher_epochs``, ``student_epochs``: epochs (the model with the best
+    ``out``: the output directory (``teacher/``, ``student-<method>/``, ``report.md``,
+    ``results.json``; the caches in ``cache/`` unless ``cache_dir`` is given). ``train``, ``dev``,
+    ``test``: data set names or CoNLL files. ``train_sentences``: use the first N training
+    sentences; ``labeled_fraction``: of which the first fraction keep their tags (the teacher's
+    training data and the students' gold), the rest is unlabeled text (1: all labeled).
+    ``methods``: the students, one per KD method (``none`` first: the baseline of the gains).
+    ``teacher_epochs``, ``student_epochs``: epochs (the model with the best
     dev F1 is kept). ``teacher_arch``, ``student_arch``: names of ``structkd.models.ARCHITECTURES``,
     changed by ``teacher_overrides`` / ``student_overrides`` (``{"lstm_hidden": 32}``).
     ``retrain_teacher``: train the teacher even if ``out/teacher`` holds a matching one.
@@ -76,6 +84,8 @@ class DemoOptions:
     dev: str = "conll03-en:dev"
     test: str = "conll03-en:test"
     train_sentences: int | None = 3000
+    labeled_fraction: float = 0.5
+    methods: tuple[str, ...] = ("none", "token", "struct")
     teacher_epochs: int = 4
     student_epochs: int = 8
     seed: int = 1
@@ -118,10 +128,38 @@ class DemoRow:
 
 
 @dataclass(frozen=True)
+class Gains:
+    """Test F1 differences (points) of the structural KD student over the no-KD and Token KD
+    students (``None`` when that student was not trained), and ``gap_closed``: the share of the
+    teacher-student gap (teacher minus no-KD student) that structural KD closes (``None``
+    without a gap)."""
+
+    over_none: float | None
+    over_token: float | None
+    gap_closed: float | None
+
+    def lines(self) -> list[str]:
+        """Plain sentences saying what the numbers show (a loss is called a loss)."""
+        lines = []
+        for name, value in (("no KD", self.over_none), ("Token KD", self.over_token)):
+            if value is not None:
+                verb = "beats" if value > 0 else "does not beat"
+                lines.append(f"structural KD {verb} {name} on test F1: {value:+.2f} points")
+        if self.gap_closed is not None:
+            lines.append(
+                f"structural KD closes {100 * self.gap_closed:.0f}% of the teacher-student gap "
+                "(test F1)"
+            )
+        return lines
+
+
+@dataclass(frozen=True)
 class DemoResult:
-    """What ``run_demo`` produced: the rows (teacher first), the report's path, the wall time."""
+    """What ``run_demo`` produced: the rows (teacher first), the gains, the report's path, the
+    wall time."""
 
     rows: list[DemoRow]
+    gains: Gains
     report_path: Path
     results_path: Path
     seconds: float
@@ -150,10 +188,28 @@ def _check_demo_options(options: DemoOptions) -> None:
     count = options.train_sentences
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ValueError(f"train_sentences must be None or an integer >= 1; got {count!r}")
+    fraction = options.labeled_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise ValueError(f"labeled_fraction must be a number in (0, 1]; got {fraction!r}")
+    for method in options.methods:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose among {', '.join(METHODS)}")
+    if not options.methods:
+        raise ValueError("methods must name at least one student")
+
+
+def labeled_sentences(options: DemoOptions) -> int:
+    """How many training sentences keep their tags: the teacher's training set."""
+    from structkd.data.conll import labeled_count
+    from structkd.tasks import get_task
+
+    task = get_task(TrainOptions.task)
+    total = task.count_sentences(options.train, max_sentences=options.train_sentences)
+    return labeled_count(total, options.labeled_fraction)
 
 
 def teacher_options(options: DemoOptions) -> TrainOptions:
-    """The teacher's training options (gold tags, no early stopping)."""
+    """The teacher's training options: gold tags of the labeled sentences, no early stopping."""
     return TrainOptions(
         train=options.train,
         dev=options.dev,
@@ -166,39 +222,39 @@ def teacher_options(options: DemoOptions) -> TrainOptions:
         learning_rate=options.learning_rate,
         seed=options.seed,
         patience=None,
-        max_train_sentences=options.train_sentences,
+        max_train_sentences=labeled_sentences(options),
+        vocab_text=[options.train],  # the teacher will label the rest: its words keep GloVe vectors
         num_threads=options.num_threads,
         cache_dir=options.cache_directory,
         progress=options.progress,
     )
 
 
-def student_options(
-    options: DemoOptions, method: str, teacher_dir: str
-) -> TrainOptions | DistillOptions:
-    """The student's options: ``method`` ``"none"`` (a ``TrainOptions``, gold tags only) or
-    ``"struct"`` (a ``DistillOptions``); everything else equal, so both start from the same
-    initialization and see the same batches."""
-    common = {
-        "train": options.train,
-        "dev": options.dev,
-        "test": options.test,
-        "out": os.path.join(options.out, f"student-{method}"),
-        "arch": options.student_arch,
-        "arch_overrides": dict(options.student_overrides),
-        "epochs": options.student_epochs,
-        "batch_size": options.batch_size,
-        "learning_rate": options.learning_rate,
-        "seed": options.seed,
-        "patience": None,
-        "max_train_sentences": options.train_sentences,
-        "num_threads": options.num_threads,
-        "cache_dir": options.cache_directory,
-        "progress": options.progress,
-    }
-    if method == "none":
-        return TrainOptions(**common)
-    return DistillOptions(**common, teachers=[teacher_dir], method=method)
+def student_options(options: DemoOptions, method: str, teacher_dir: str) -> DistillOptions:
+    """The student's options for ``method`` (``"none"``: gold tags of the labeled part only; a KD
+    method: the teacher's targets on the labeled part and the unlabeled rest too); everything
+    else equal, so every student starts from the same initialization."""
+    fraction = options.labeled_fraction
+    return DistillOptions(
+        train=options.train,
+        dev=options.dev,
+        test=options.test,
+        out=os.path.join(options.out, f"student-{method}"),
+        arch=options.student_arch,
+        arch_overrides=dict(options.student_overrides),
+        epochs=options.student_epochs,
+        batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        seed=options.seed,
+        patience=None,
+        max_train_sentences=options.train_sentences,
+        num_threads=options.num_threads,
+        cache_dir=options.cache_directory,
+        progress=options.progress,
+        teachers=[teacher_dir] if METHODS[method].uses_teacher else [],
+        method=method,
+        labeled_fraction=None if fraction == 1 else fraction,
+    )
 
 
 def reusable_teacher(train_options: Any) -> dict[str, Any] | None:
@@ -226,6 +282,19 @@ def reusable_teacher(train_options: Any) -> dict[str, Any] | None:
     if not all(isinstance(metrics.get(split), dict) for split in ("dev", "test")):
         return None
     return metrics
+
+
+def gains_of(rows: Sequence[DemoRow], methods: Sequence[str]) -> Gains:
+    """The gains of the structural KD student (rows: the teacher, then one student per method in
+    ``methods``' order)."""
+    test = {method: row.test_f1 for method, row in zip(methods, rows[1:], strict=True)}
+    if "struct" not in test:
+        return Gains(None, None, None)
+    over = {m: test["struct"] - test[m] if m in test else None for m in ("none", "token")}
+    gap_closed = None
+    if "none" in test and rows[0].test_f1 > test["none"]:
+        gap_closed = (test["struct"] - test["none"]) / (rows[0].test_f1 - test["none"])
+    return Gains(over["none"], over["token"], gap_closed)
 
 
 def _row(
@@ -323,6 +392,8 @@ def demo_command(options: DemoOptions) -> str:
         options.out,
         "--train-sentences",
         "all" if options.train_sentences is None else str(options.train_sentences),
+        "--labeled-fraction",
+        f"{options.labeled_fraction:g}",
         "--teacher-epochs",
         str(options.teacher_epochs),
         "--student-epochs",
@@ -360,6 +431,10 @@ def _overrides_text(overrides: dict[str, Any]) -> str:
     return f" with `{json.dumps(overrides)}`" if overrides else ""
 
 
+def _train_text(options: DemoOptions) -> str:
+    return "all" if options.train_sentences is None else str(options.train_sentences)
+
+
 def _threads(count: int) -> str:
     return f"{count} torch thread" + ("" if count == 1 else "s")
 
@@ -367,6 +442,7 @@ def _threads(count: int) -> str:
 def _report(
     options: DemoOptions,
     rows: Sequence[DemoRow],
+    gains: Gains,
     command: str,
     timing: dict[str, Any],
     teacher: dict[str, Any],
@@ -390,16 +466,23 @@ def _report(
         "",
         markdown_table(rows),
         "",
+        *(f"- {line}" for line in gains.lines()),
+        "",
+        "One seed: a single run shows the direction, not the noise; the results pages give "
+        "means and confidence intervals over seeds.",
+        "",
         "## Settings",
         "",
-        f"- data: train `{options.train}` (first {n_train} sentences), dev `{options.dev}`, "
-        f"test `{options.test}`",
+        f"- data: train `{options.train}` (first {_train_text(options)} sentences: the first "
+        f"{n_train} labeled, the rest as text without labels), dev `{options.dev}`, test "
+        f"`{options.test}`",
         f"- teacher: `{options.teacher_arch}`{_overrides_text(options.teacher_overrides)}, "
-        f"{options.teacher_epochs} epochs on gold tags; {reuse_note}",
+        f"{options.teacher_epochs} epochs on the labeled sentences; {reuse_note}",
         f"- students: `{options.student_arch}`{_overrides_text(options.student_overrides)}, "
-        f"{options.student_epochs} epochs each, same seed (same initialization and batches); "
-        "no KD: gold tags only; structural KD (case 1a, CRF -> CRF): "
-        "`lambda * KD + (1 - lambda) * gold`, lambda linear from 1 to 0, temperature 1",
+        f"{options.student_epochs} epochs each, same seed (same initialization); no KD: gold "
+        "tags of the labeled sentences only; Token KD and structural KD (case 1a, CRF -> CRF): "
+        "`lambda * KD + (1 - lambda) * gold` on the labeled sentences (lambda linear from 1 to "
+        "0), the KD term alone on the unlabeled ones, temperature 1",
         f"- batch size {options.batch_size}, learning rate {options.learning_rate}, seed "
         f"{options.seed}; the model with the best dev F1 over the epochs is kept",
         "- F1: entity-level, strict (seqeval); dev F1 is also the model-selection criterion, so "
@@ -453,16 +536,21 @@ def run_demo(
         print(f"[{time.perf_counter() - started:6.0f} s] {text}", file=stream, flush=True)
 
     budget = "all" if options.train_sentences is None else f"the first {options.train_sentences}"
-    say(f"structkd demo: {budget} sentences of {options.train}, output in {options.out}")
+    say(
+        f"structkd demo: {budget} sentences of {options.train} ({options.labeled_fraction:g} "
+        f"labeled, the rest as unlabeled text), output in {options.out}"
+    )
+    total = 1 + len(options.methods)
     teacher_run = teacher_options(options)
     teacher_metrics = None if options.retrain_teacher else reusable_teacher(teacher_run)
     reused = teacher_metrics is not None
     stage_started = time.perf_counter()
     if teacher_metrics is not None:
-        say(f"1/3 teacher: reusing {teacher_run.out} (trained with the same options)")
+        say(f"1/{total} teacher: reusing {teacher_run.out} (trained with the same options)")
     else:
         say(
-            f"1/3 teacher: training {options.teacher_arch} for {options.teacher_epochs} epochs "
+            f"1/{total} teacher: training {options.teacher_arch} for {options.teacher_epochs} "
+            "epochs on the labeled sentences "
             "(MiniLM features are computed once and cached)"
         )
         teacher_metrics = train(teacher_run)
@@ -472,23 +560,20 @@ def run_demo(
     say(f"    teacher: dev F1 {teacher_row.dev_f1:.2f}, test F1 {teacher_row.test_f1:.2f}")
 
     rows = [teacher_row]
-    for step, method, model, label in (
-        (2, "none", "student, no KD", "gold tags (no KD)"),
-        (3, "struct", "student, structural KD", "structural KD"),
-    ):
+    for step, method in enumerate(options.methods, start=2):
+        model = f"student, {METHODS[method].title}"
         say(
-            f"{step}/3 {model}: training {options.student_arch} for {options.student_epochs} epochs"
+            f"{step}/{total} {model}: training {options.student_arch} for "
+            f"{options.student_epochs} epochs"
         )
-        student_run = student_options(options, method, teacher_run.out)
         stage_started = time.perf_counter()
-        if method == "none":
-            metrics = train(student_run)
-        else:
-            metrics = distill(student_run)
+        metrics = distill(student_options(options, method, teacher_run.out))
         stage_seconds = time.perf_counter() - stage_started
+        label = "gold tags (no KD)" if method == "none" else METHODS[method].title
         row = _row(model, label, metrics, teacher_row.sentences_per_second, stage_seconds, False)
         say(f"    {model}: dev F1 {row.dev_f1:.2f}, test F1 {row.test_f1:.2f}")
         rows.append(row)
+    gains = gains_of(rows, options.methods)
 
     seconds = time.perf_counter() - started
     timing = {
@@ -501,7 +586,7 @@ def run_demo(
     report_path = out / "report.md"
     results_path = out / "results.json"
     report_path.write_text(
-        _report(options, rows, command, timing, teacher_metrics), encoding="utf-8"
+        _report(options, rows, gains, command, timing, teacher_metrics), encoding="utf-8"
     )
     from structkd.train.checkpoint import write_json
 
@@ -512,13 +597,16 @@ def run_demo(
             "options": dataclasses.asdict(options),
             **timing,
             "rows": [dataclasses.asdict(row) for row in rows],
+            "gains": dataclasses.asdict(gains),
         },
     )
     print(f"\n{format_table(rows)}\n", file=stream)
+    for line in gains.lines():
+        print(line, file=stream)
     print(
         f"F1: entity-level (seqeval, strict); sentences/s: inference on dev + test, "
         f"{_threads(options.num_threads)}. Total {seconds:.0f} s.",
         file=stream,
     )
     print(f"report written to {report_path}", file=stream, flush=True)
-    return DemoResult(rows, report_path, results_path, seconds)
+    return DemoResult(rows, gains, report_path, results_path, seconds)

@@ -14,6 +14,11 @@ once finished, ``metrics.json``.
 finished); with N runs sharing the cores, set ``num_threads`` (cores / N) in ``[defaults]``:
 measured here, two processes of 2 threads each on 2 cores run several times slower than two of 1.
 ``num_threads`` and ``progress`` are not part of the run id, so changing them keeps finished runs.
+
+SIGINT or SIGTERM (``RunInterrupted``, ``KeyboardInterrupt``) stops the experiment: the worker
+processes are stopped (SIGTERM, then SIGKILL after a grace period), the runs that were training
+have no ``metrics.json`` and are trained again by the next call, finished runs and their rows are
+kept, and the exception propagates (the command line turns it into exit status 130 or 143).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +52,7 @@ from structkd.experiment.results import (
     write_json_atomic,
 )
 from structkd.tasks import Task
+from structkd.train.interrupts import RunInterrupted
 from structkd.train.options import DistillOptions, TrainOptions
 
 __all__ = [
@@ -179,6 +186,58 @@ def _timed_call(
     started = time.perf_counter()
     metrics = run_function(run, run_dir, teacher_dirs)
     return metrics, time.perf_counter() - started
+
+
+_WORKER = {"busy": False, "interrupted": False}
+"""The state of a worker process: in a run; stopped once already."""
+_STOP_GRACE_SECONDS = 10.0
+"""How long stopped workers get to unwind their runs (SIGTERM) before SIGKILL."""
+
+
+def _worker_signal(signum: int, frame: Any) -> None:
+    """SIGTERM in a worker: an idle one exits at once; a busy one unwinds its run
+    (``RunInterrupted``: scratch directories removed, no completion marker), then exits; a
+    second SIGTERM exits at once."""
+    if not _WORKER["busy"] or _WORKER["interrupted"]:
+        os._exit(128 + signum)
+    _WORKER["interrupted"] = True
+    raise RunInterrupted(signum)
+
+
+def _worker_setup() -> None:
+    """The initializer of a worker process: SIGINT ignored (a terminal's Ctrl+C reaches every
+    process of the group; the parent stops the workers), SIGTERM handled by ``_worker_signal``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_signal)
+
+
+def _worker_call(
+    run_function: RunFunction, run: RunSpec, run_dir: Path, teacher_dirs: Mapping[str, Path]
+) -> tuple[Mapping[str, Mapping[str, Any]], float]:
+    """``_timed_call`` in a worker process; an interrupted run ends the process."""
+    _WORKER["busy"] = True
+    try:
+        return _timed_call(run_function, run, run_dir, teacher_dirs)
+    except RunInterrupted as error:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(error.exit_status)
+    finally:
+        _WORKER["busy"] = False
+
+
+def _stop_workers(processes: list[Any]) -> None:
+    """SIGTERM to the live ``processes``, SIGKILL to those still alive after the grace period."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_SECONDS
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(5)
 
 
 @dataclass
@@ -330,6 +389,8 @@ def run_experiment(
 
     An interrupted run (a directory without ``metrics.json``) is cleared and trained again. A row
     whose ``(run_id, case, split)`` is already in the results file is not written again.
+    SIGINT/SIGTERM (``RunInterrupted``, ``KeyboardInterrupt``) stop the worker processes and
+    propagate, leaving the experiment resumable.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1; got {jobs!r}")
@@ -374,36 +435,40 @@ def _run_in_parallel(
     running: dict[Future, RunSpec] = {}
     first_error: BaseException | None = None
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        try:
-            while waiting or running:
-                for run in list(waiting):
-                    if first_error is not None or len(running) >= jobs:
-                        break
-                    teacher = runner.blocked_by(run)
-                    if teacher is not None:
-                        runner.skip(run, teacher)
-                        waiting.remove(run)
-                    elif runner.ready(run):
-                        run_dir, teacher_dirs = runner.prepare(run)
-                        future = pool.submit(_timed_call, run_function, run, run_dir, teacher_dirs)
-                        running[future] = run
-                        waiting.remove(run)
-                if not running:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_setup)
+    try:
+        while waiting or running:
+            for run in list(waiting):
+                if first_error is not None or len(running) >= jobs:
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    run = running.pop(future)
-                    try:
-                        metrics, seconds = future.result()
-                        runner.succeeded(run, metrics, seconds)
-                    except Exception as error:
-                        if not runner.keep_going:
-                            first_error = first_error or error
-                            continue
-                        runner.failed(run, error)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+                teacher = runner.blocked_by(run)
+                if teacher is not None:
+                    runner.skip(run, teacher)
+                    waiting.remove(run)
+                elif runner.ready(run):
+                    run_dir, teacher_dirs = runner.prepare(run)
+                    future = pool.submit(_worker_call, run_function, run, run_dir, teacher_dirs)
+                    running[future] = run
+                    waiting.remove(run)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                run = running.pop(future)
+                try:
+                    metrics, seconds = future.result()
+                    runner.succeeded(run, metrics, seconds)
+                except Exception as error:
+                    if not runner.keep_going:
+                        first_error = first_error or error
+                        continue
+                    runner.failed(run, error)
+    except BaseException:
+        # an interrupt (or a broken pool): stop the workers now, not after their runs
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_workers(processes)
+        raise
+    pool.shutdown(wait=True)
     if first_error is not None:
         raise first_error

@@ -10,32 +10,52 @@ A model directory written by ``structkd train`` or ``structkd distill`` holds:
   its label layout (NER: the scheme of the training tags, ``iob2``...; dependency students: the
   head encoding, ``offset``/``pos``; parsers: ``""``);
 * ``config.json``: the metadata without the weights, for people (and ``model_task``);
-* ``metrics.json``: dev (and test) scores, best epoch, sizes and timings (``structkd.train.fit``).
+* ``metrics.json``: dev (and test) scores, best epoch, sizes and timings (``structkd.train.fit``);
+* ``complete.json``: the completion marker, written last (atomically) when training has finished:
+  the SHA-256 of ``model.pt`` and of ``metrics.json`` (``mark_complete``).
+
+A directory is complete only with a valid marker: ``read_model`` (every evaluation, prediction,
+teacher and reuse goes through it) refuses one without it ("training did not finish": the run was
+killed, failed or is still running) and a ``model.pt`` or ``metrics.json`` whose bytes differ from
+the recorded hashes (corrupted or changed after training). A run starts by removing the outputs of
+any earlier run (``clear_outputs``), so an old ``metrics.json`` never outlives it.
 
 Migration: format 1 (structkd 0.1) named ``label_scheme`` ``tag_scheme``; it is read as format 2.
+Directories written before the marker existed are refused like unfinished ones: a killed run of
+those versions could leave the ``metrics.json`` of an earlier run beside the new ``model.pt``, so
+nothing in them tells a finished run from a killed one. Retrain, or, knowing the run finished,
+mark it: ``python -m structkd.train.checkpoint mark-complete DIR``.
 A frozen transformer's weights are not in ``model.pt``: they are the unchanged public checkpoint,
 reloaded from its package.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import hashlib
 import json
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "COMPLETE_FILE",
     "CONFIG_FILE",
     "METRICS_FILE",
     "MODEL_FILE",
     "ModelFile",
+    "clear_outputs",
     "file_sha256",
+    "mark_complete",
     "model_task",
     "read_model",
+    "reading_unfinished",
     "restore_weights",
     "save_model",
     "write_json",
@@ -45,6 +65,13 @@ CHECKPOINT_FORMAT = 2
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+COMPLETE_FILE = "complete.json"
+"""The completion marker of a model directory, written last."""
+_MARKER_FORMAT = 1
+_OUTPUTS = (MODEL_FILE, METRICS_FILE, CONFIG_FILE)
+_UNFINISHED_READABLE: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "_UNFINISHED_READABLE", default=frozenset()
+)
 _KEYS = {"format", "task", "arch", "config", "vocab", "label_scheme", "state_dict"}
 _FORMAT_1_KEYS = (_KEYS - {"label_scheme"}) | {"tag_scheme"}
 
@@ -127,6 +154,93 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return _file_sha256(os.fspath(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
+def mark_complete(directory: str | os.PathLike[str]) -> Path:
+    """Write the completion marker of ``directory`` (the SHA-256 of its ``model.pt`` and
+    ``metrics.json``, which must exist), atomically; the last file a finished run writes.
+    Returns its path."""
+    directory = Path(directory)
+    hashes = {}
+    for name in (MODEL_FILE, METRICS_FILE):
+        if not (directory / name).is_file():
+            raise ValueError(f"{os.fspath(directory)!r} has no {name}: it cannot be complete")
+        hashes[name] = file_sha256(directory / name)
+    path = directory / COMPLETE_FILE
+    write_json(path, {"format": _MARKER_FORMAT, "sha256": hashes})
+    return path
+
+
+def clear_outputs(directory: str | os.PathLike[str]) -> None:
+    """Remove what an earlier run left in the model directory ``directory``: the marker first
+    (so the directory stops being complete), then ``model.pt``, ``metrics.json``,
+    ``config.json`` and the temporary files of interrupted writes. Other files are kept."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    (directory / COMPLETE_FILE).unlink(missing_ok=True)
+    for name in _OUTPUTS:
+        (directory / name).unlink(missing_ok=True)
+    for name in (*_OUTPUTS, COMPLETE_FILE):
+        for temporary in directory.glob(f".{name}.*.tmp"):
+            temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def reading_unfinished(directory: str | os.PathLike[str]) -> Iterator[None]:
+    """Within the block, ``read_model`` reads ``directory`` without its completion marker: the
+    fit loop reloads its best model to score it before it writes ``metrics.json`` and the
+    marker."""
+    key = os.fspath(Path(directory).resolve())
+    token = _UNFINISHED_READABLE.set(_UNFINISHED_READABLE.get() | {key})
+    try:
+        yield
+    finally:
+        _UNFINISHED_READABLE.reset(token)
+
+
+def _unfinished(directory: Path, why: str) -> ValueError:
+    return ValueError(
+        f"{os.fspath(directory)!r}: training did not finish ({why}: the run was interrupted, "
+        "failed or is still running); train it again"
+    )
+
+
+def _check_complete(directory: Path, path: Path) -> None:
+    """``ValueError`` unless ``directory`` has a valid completion marker whose hashes match its
+    ``model.pt`` (``path``) and ``metrics.json``."""
+    marker = directory / COMPLETE_FILE
+    if not marker.is_file():
+        why = f"no {COMPLETE_FILE}"
+        if (directory / METRICS_FILE).is_file():
+            raise ValueError(
+                f"{_unfinished(directory, why)}. A model directory of an older structkd (before "
+                f"{COMPLETE_FILE}) whose training is known to have finished can be marked with "
+                f"`python -m structkd.train.checkpoint mark-complete {os.fspath(directory)}`"
+            )
+        raise _unfinished(directory, why)
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        hashes = data["sha256"]
+        recorded = {name: hashes[name] for name in (MODEL_FILE, METRICS_FILE)}
+        if data["format"] != _MARKER_FORMAT or not all(
+            isinstance(value, str) for value in recorded.values()
+        ):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise _unfinished(directory, f"{COMPLETE_FILE} is unreadable or malformed") from None
+    if not (directory / METRICS_FILE).is_file():
+        raise _unfinished(directory, f"no {METRICS_FILE}")
+    if file_sha256(path) != recorded[MODEL_FILE]:
+        raise ValueError(
+            f"{os.fspath(path)!r}: {MODEL_FILE} does not match its recorded hash: corrupted or "
+            "changed after training"
+        )
+    if file_sha256(directory / METRICS_FILE) != recorded[METRICS_FILE]:
+        raise ValueError(
+            f"{os.fspath(directory / METRICS_FILE)!r}: {METRICS_FILE} does not match its "
+            "recorded hash: changed after training"
+        )
+
+
 def _model_path(directory: str | os.PathLike[str]) -> Path:
     directory = Path(directory)
     if not directory.exists():
@@ -144,11 +258,14 @@ def _model_path(directory: str | os.PathLike[str]) -> Path:
 
 def read_model(directory: str | os.PathLike[str], *, task: str | None = None) -> ModelFile:
     """The ``model.pt`` of ``directory`` (``ValueError`` with a one-line reason when the
-    directory is missing, holds no readable model, or, given ``task``, a model of another
-    task)."""
+    directory is missing, holds no readable model, its training did not finish (no valid
+    completion marker), its files do not match their recorded hashes, or, given ``task``, it
+    holds a model of another task)."""
     import torch
 
     path = _model_path(directory)
+    if os.fspath(path.parent.resolve()) not in _UNFINISHED_READABLE.get():
+        _check_complete(path.parent, path)
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # unpickling errors come in many classes
@@ -209,3 +326,22 @@ def model_task(model_dir: str | os.PathLike[str]) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return read_model(model_dir).task
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m structkd.train.checkpoint mark-complete DIR``: mark a model directory of an
+    older structkd, known to hold a finished run, as complete."""
+    if len(argv) != 2 or argv[0] != "mark-complete":
+        print("usage: python -m structkd.train.checkpoint mark-complete DIR", file=sys.stderr)
+        return 2
+    try:
+        _model_path(argv[1])
+        print(mark_complete(argv[1]))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main(sys.argv[1:]))

@@ -1,19 +1,32 @@
 """The one fit loop: a ``PreparedRun`` (what a task builds: the model, its hooks, the data parts,
 collators and teacher-target readers) trained with Lightning; the best model by the task's dev
-metric is kept, scored on dev and test, and ``metrics.json`` written."""
+metric is kept, scored on dev and test, and ``metrics.json`` written, then the completion marker
+(``structkd.train.checkpoint``): a run that does not get there (killed, interrupted, failed)
+leaves a directory that ``read_model`` refuses. A run starts by removing the outputs of an earlier
+one in its directory. SIGINT and SIGTERM stop it with ``RunInterrupted``, whatever Lightning made
+of them."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from structkd.train.checkpoint import METRICS_FILE, write_json
+from structkd.train.checkpoint import (
+    METRICS_FILE,
+    clear_outputs,
+    mark_complete,
+    reading_unfinished,
+    write_json,
+)
 from structkd.train.data import Part, StepCollator
+from structkd.train.interrupts import RunInterrupted
 from structkd.train.module import BestModelSaver, DistillationModule, KDSettings, PartsDataModule
 from structkd.train.options import TrainOptions
 from structkd.train.protocol import TrainingHooks
@@ -87,15 +100,48 @@ def make_trainer(options: TrainOptions, callbacks: list[Any]) -> Any:
     )
 
 
+def _is_first_process() -> bool:
+    """Whether this is the launching process (not a rank > 0 started for DDP)."""
+    return all(
+        os.environ.get(name, "0") in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK")
+    )
+
+
+def _fit_trainer(trainer: Any, module: Any, datamodule: Any) -> None:
+    """``trainer.fit``, with an interrupted run raising ``RunInterrupted``: Lightning turns a
+    ``KeyboardInterrupt`` into ``SystemExit(1)`` (and leaves SIGINT ignored) and SIGTERM into a
+    ``SystemExit`` of status 0 (older versions: a normal return)."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint_handler = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    except SystemExit:
+        if getattr(trainer, "received_sigterm", False):
+            raise RunInterrupted(signal.SIGTERM) from None
+        if trainer.interrupted:
+            raise RunInterrupted(signal.SIGINT) from None
+        raise
+    finally:
+        if main_thread and sigint_handler is not None:
+            signal.signal(signal.SIGINT, sigint_handler)
+    if getattr(trainer, "received_sigterm", False):
+        raise RunInterrupted(signal.SIGTERM)
+    if trainer.interrupted:
+        raise RunInterrupted(signal.SIGINT)
+
+
 def fit(run: PreparedRun) -> dict[str, Any]:
-    """Run the Trainer, keep the best model (by the task's dev metric) in ``options.out``, score
-    it on dev and test, write ``metrics.json``; returns the metrics plus ``model_dir`` (on DDP
-    processes other than rank 0: only ``{"global_rank"}``)."""
+    """Remove an earlier run's outputs from ``options.out``, run the Trainer, keep the best model
+    (by the task's dev metric) there, score it on dev and test, write ``metrics.json`` and, last,
+    the completion marker; returns the metrics plus ``model_dir`` (on DDP processes other than
+    rank 0: only ``{"global_rank"}``). ``RunInterrupted`` when SIGINT or SIGTERM stopped it."""
     from lightning.pytorch.callbacks import EarlyStopping
 
     options, hooks = run.options, run.hooks
-    module, datamodule = build_lightning(run)
     out = Path(options.out)
+    if _is_first_process():
+        clear_outputs(out)
+    module, datamodule = build_lightning(run)
     saver = BestModelSaver(lambda model: hooks.save(out, model), metric=hooks.metric)
     callbacks: list[Any] = [saver]
     if options.patience is not None:
@@ -104,14 +150,15 @@ def fit(run: PreparedRun) -> dict[str, Any]:
         )
     trainer = make_trainer(options, callbacks)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    _fit_trainer(trainer, module, datamodule)
     training_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {"global_rank": trainer.global_rank}
     if saver.best_epoch is None:  # stopped before any validation: keep the last model
         hooks.save(out, run.model)
     device = inference_device(options.accelerator)
-    best = hooks.load(out, device)
+    with reading_unfinished(out):
+        best = hooks.load(out, device)
     evaluations = hooks.final_scores(best, device)
     metrics = {
         "command": run.command,
@@ -132,4 +179,5 @@ def fit(run: PreparedRun) -> dict[str, Any]:
         "options": dataclasses.asdict(options),
     }
     write_json(out / METRICS_FILE, metrics)
+    mark_complete(out)
     return {**metrics, "model_dir": os.fspath(out)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from structkd.data.tag_schemes import SCHEMES
 from structkd.distill.methods import DEFAULT_METHOD, KD_METHODS, TEMPERATURE_MODES, method
 
 __all__ = [
@@ -34,6 +35,10 @@ class TrainOptions:
     Data (``train``, ``dev``, ``test``): a registered data set name (``conll03-en:train``,
     ``twt-tr:dev``) or a file of the task's format. ``task``: the task plug-in (``ner``, ``dep``).
     ``out``: the model directory written (``model.pt``, ``config.json``, ``metrics.json``).
+    ``vocab_text``: other text the model will read (data set names or files, e.g. the unlabeled
+    text a teacher will label for its students): its words join the vocabulary where a frozen
+    pretrained table knows them (GloVe), so that they keep their vectors instead of becoming
+    ``<unk>``; nothing is learned from it (dev and test words are added the same way).
     ``arch``: an architecture name of the task, changed by ``arch_overrides`` (``{"lstm_hidden":
     32}``). Model selection is on the task's dev metric (F1, LAS); ``patience``: stop after that
     many epochs without a better one (``None``: never). ``max_train_sentences``: use only the
@@ -49,6 +54,8 @@ class TrainOptions:
     dev: str
     out: str
     test: str | None = None
+    scheme: str = "auto"  # tag scheme of labeled data: auto (IOB1 warns), iob1, iob2, bioes
+    vocab_text: list[str] = field(default_factory=list)
     task: str = "ner"
     arch: str = "teacher-crf"
     arch_overrides: dict[str, Any] = field(default_factory=dict)
@@ -118,8 +125,18 @@ def check_options(options: TrainOptions) -> None:
         positive_int(getattr(options, name), name, allow_none=True)
     if not (isinstance(options.learning_rate, int | float) and options.learning_rate > 0):
         raise ValueError(f"learning_rate must be > 0; got {options.learning_rate!r}")
+    if not isinstance(options.vocab_text, list | tuple) or not all(
+        isinstance(item, str) for item in options.vocab_text
+    ):
+        raise ValueError(
+            f"vocab_text must be a list of data sets or files; got {options.vocab_text!r}"
+        )
     if not isinstance(options.arch_overrides, dict):
         raise ValueError("arch_overrides must be a dict of the architecture's config fields")
+    if options.scheme not in ("auto", *SCHEMES):
+        raise ValueError(
+            f"scheme must be one of auto, {', '.join(SCHEMES)}; got {options.scheme!r}"
+        )
 
 
 def check_distill_options(

@@ -5,7 +5,9 @@ An entry is a directory named by the SHA-256 fingerprint of everything its conte
 JSON-able ``inputs`` dict: the model file's hash, the data's fingerprint, the method and its
 options). It is built in a scratch directory under a file lock and renamed into place when
 complete (its ``meta.json`` written last), so concurrent processes (DDP ranks, parallel runs)
-build it once and an interrupted build never looks complete.
+build it once and an interrupted build never looks complete. A failed or interrupted build
+removes its scratch directory; the scratch directories of killed processes are removed by the
+next build that finds their lock free.
 
 Each cached quantity is one flat memory-mapped ``.npy`` array ``[total_rows, *row_shape]`` (the
 rows of every sentence, one after another) with an offset index ``[n_sentences + 1]``: sentence
@@ -37,6 +39,7 @@ __all__ = [
     "locked",
     "progress_bar",
     "read_meta",
+    "remove_stale_scratch",
 ]
 
 META_FILE = "meta.json"
@@ -45,6 +48,49 @@ META_FILE = "meta.json"
 def fingerprint(inputs: dict[str, Any]) -> str:
     """SHA-256 of ``inputs`` as canonical JSON (sorted keys)."""
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+_SCRATCH_SUFFIX = ".building"
+
+
+def _scratch_key(path: Path) -> str | None:
+    """The entry key of a scratch directory ``.<key>.<pid>.building`` (``None``: not one)."""
+    name = path.name
+    if not (name.startswith(".") and name.endswith(_SCRATCH_SUFFIX)):
+        return None
+    key, _, pid = name[1 : -len(_SCRATCH_SUFFIX)].rpartition(".")
+    return key if key and pid.isdigit() else None
+
+
+def _lock_is_free(path: Path) -> bool:
+    """Whether no process holds the lock ``path`` (taken and released at once)."""
+    try:
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return True
+    except OSError:
+        return False
+
+
+def remove_stale_scratch(root: Path, held_key: str) -> list[Path]:
+    """Remove the scratch directories under ``root`` left by builds that died (killed
+    processes: no ``finally`` ran); returns them. A build holds its entry's lock from start to
+    end, so a scratch directory is stale when its lock is free, or when it is ``held_key``'s,
+    whose lock the caller holds (whatever process ids say: they are not unique across
+    containers)."""
+    removed = []
+    for path in root.glob(f".*{_SCRATCH_SUFFIX}"):
+        key = _scratch_key(path)
+        if key is None or not path.is_dir():
+            continue
+        if key == held_key or _lock_is_free(root / f"{key}.lock"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -76,7 +122,9 @@ def build_entry(
 
     ``build(scratch)`` writes the entry's files into the empty directory ``scratch`` and returns
     what ``meta.json`` records beside ``inputs``. It runs under the entry's lock; the scratch
-    directory is renamed into place only after it returns.
+    directory is renamed into place only after it returns, and removed when it raises (or the
+    run is interrupted). Taking the lock first removes the scratch directories of builds whose
+    process was killed (``remove_stale_scratch``).
     """
     root = Path(root)
     key = fingerprint(inputs)
@@ -84,12 +132,17 @@ def build_entry(
     with locked(root / f"{key}.lock"):
         if is_complete(final):
             return final, False
-        scratch = root / f".{key}.{os.getpid()}.building"
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_stale_scratch(root, key)
+        scratch = root / f".{key}.{os.getpid()}{_SCRATCH_SUFFIX}"
         scratch.mkdir(parents=True)
-        meta = {**inputs, **build(scratch)}
-        (scratch / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(scratch, final)
+        try:
+            meta = {**inputs, **build(scratch)}
+            (scratch / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            if final.exists():  # an incomplete entry (no meta.json): replaced
+                shutil.rmtree(final)
+            os.replace(scratch, final)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return final, True
 
 

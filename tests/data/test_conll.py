@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from structkd.data.conll import (
     DataError,
+    InferredIOB1Warning,
     Sentence,
     labeled_count,
     read_conll,
@@ -52,7 +54,7 @@ rejects VBZ B-VP O
 German\tJJ\tB-NP\tB-MISC
 call NN I-NP O
 
-# a comment line
+-DOCSTART- -X- -X- O
 Peter NNP B-NP B-PER
 Blackburn   NNP I-NP I-PER
 
@@ -110,15 +112,16 @@ def test_read_conll_iob1_and_auto_detection(tmp_path: Path) -> None:
     path = write_file(tmp_path, "A I-PER\nB I-PER\nC B-PER\nD O\nE I-LOC\n")
     expected = ["B-PER", "I-PER", "B-PER", "O", "B-LOC"]
     assert read_conll(path, scheme="iob1", target_scheme="iob2")[0].tags == expected
-    assert read_conll(path, scheme="auto", target_scheme="iob2")[0].tags == expected
+    with pytest.warns(InferredIOB1Warning):
+        assert read_conll(path, scheme="auto", target_scheme="iob2")[0].tags == expected
     bioes = write_file(tmp_path, "A B-PER\nB E-PER\nC O\n", "bioes.txt")
     assert read_conll(bioes, scheme="auto", target_scheme="iob2")[0].tags == ["B-PER", "I-PER", "O"]
 
 
-def test_comment_prefix_none_reads_hash_tokens(tmp_path: Path) -> None:
+def test_hash_tokens_are_words_comment_lines_only_on_request(tmp_path: Path) -> None:
     path = write_file(tmp_path, "# SYM O\nA NN B-PER\n")
-    assert read_conll(path)[0].tokens == ["A"]
-    assert read_conll(path, comment_prefix=None)[0].tokens == ["#", "A"]
+    assert read_conll(path)[0].tokens == ["#", "A"]
+    assert read_conll(path, comment_prefix="#")[0].tokens == ["A"]
 
 
 def test_read_conll_unlabeled_ignores_tags(tmp_path: Path) -> None:
@@ -145,9 +148,14 @@ def test_error_one_column(tmp_path: Path) -> None:
     expect_data_error(path, 4, "found 1 column ('lonely'); a labeled CoNLL line needs at least two")
 
 
-def test_error_inconsistent_columns(tmp_path: Path) -> None:
-    path = write_file(tmp_path, "A NN O\n\nNew York NNP B-LOC\n")
-    expect_data_error(path, 3, "found 4 columns but line 1 has 3")
+def test_lines_may_differ_in_their_number_of_columns(tmp_path: Path) -> None:
+    # only the first (word) and the last (tag) column matter, as in conlleval
+    path = write_file(tmp_path, "A NN O\n\nYork NNP I-NP x y B-LOC\nCity B-LOC\n")
+    sentences = read_conll(path)
+    assert [(s.tokens, s.tags) for s in sentences] == [
+        (["A"], ["O"]),
+        (["York", "City"], ["B-LOC", "B-LOC"]),
+    ]
 
 
 def test_error_malformed_tag(tmp_path: Path) -> None:
@@ -156,7 +164,7 @@ def test_error_malformed_tag(tmp_path: Path) -> None:
 
 
 def test_error_tag_breaking_iob2(tmp_path: Path) -> None:
-    path = write_file(tmp_path, "A B-PER\nB I-PER\n\n# note\nC O\nD I-LOC\n")
+    path = write_file(tmp_path, "A B-PER\nB I-PER\n\n-DOCSTART- O\nC O\nD I-LOC\n")
     expect_data_error(path, 6, "tag 'I-LOC' follows 'O'; IOB2 requires I-LOC to follow B-LOC")
 
 
@@ -178,7 +186,7 @@ def test_error_empty_file(tmp_path: Path) -> None:
 
 
 def test_error_file_without_sentences(tmp_path: Path) -> None:
-    path = write_file(tmp_path, "-DOCSTART- -X- O\n\n# only a comment\n\n")
+    path = write_file(tmp_path, "-DOCSTART- -X- O\n\n\n\n")
     expect_data_error(path, 4, "no sentences in the file")
 
 
@@ -186,6 +194,53 @@ def test_error_not_utf8(tmp_path: Path) -> None:
     path = write_file(tmp_path, "A O\nB O\nM\xfcnchen B-LOC\n".encode("latin-1"))
     expect_data_error(path, 3, "not valid UTF-8 (byte 0xfc at byte 2 of the line")
     expect_data_error(path, 3, "not valid UTF-8", read=read_tokenized)
+
+
+# --- issue 10: words kept, columns between, schemes said out loud ---------------------------------
+
+
+def test_tokens_beginning_with_hash_are_words(tmp_path: Path) -> None:
+    # they used to be dropped as comment lines: column files have no comments
+    path = write_file(tmp_path, "I O\nlove O\n#Paris B-LOC\n# O\n\n#1 O\n")
+    sentences = read_conll(path)
+    assert [(s.tokens, s.tags) for s in sentences] == [
+        (["I", "love", "#Paris", "#"], ["O", "O", "B-LOC", "O"]),
+        (["#1"], ["O"]),
+    ]
+    assert [s.tokens for s in read_conll(path, labeled=False)] == [s.tokens for s in sentences]
+
+
+def test_feature_columns_may_vary_from_line_to_line(tmp_path: Path) -> None:
+    # word first, tag last, 12 or 10 or no columns between: "found 12 columns but line 1 has 10"
+    # was an error
+    middle = " ".join(f"f{index}" for index in range(8))
+    text = f"EU {middle} B-ORG\nrejects {middle} x y O\nGerman B-MISC\n"
+    sentences = read_conll(write_file(tmp_path, text))
+    assert sentences[0].tokens == ["EU", "rejects", "German"]
+    assert sentences[0].tags == ["B-ORG", "O", "B-MISC"]
+
+
+def test_inferred_iob1_warns_naming_file_line_and_the_option(tmp_path: Path) -> None:
+    path = write_file(tmp_path, "A B-PER\nB I-PER\n\nC O\nD I-LOC\n")
+    with pytest.warns(InferredIOB1Warning) as caught:
+        sentences = read_conll(path, scheme="auto", target_scheme="iob2")
+    assert sentences[1].tags == ["O", "B-LOC"]
+    message = str(caught[0].message)
+    assert message.startswith(f"{path}: ") and "line 5: 'I-LOC' follows 'O'" in message
+    assert "pass --scheme iob1 to confirm or --scheme iob2 to refuse" in message
+    assert issubclass(InferredIOB1Warning, UserWarning)
+    # a scheme given is checked, and says nothing when the data keeps to it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_conll(path, scheme="iob1")[1].tags == ["O", "I-LOC"]
+        assert read_conll(write_file(tmp_path, "A B-PER\nB I-PER\n", "iob2.txt"), scheme="auto")
+    expect_data_error(path, 5, "IOB2 requires I-LOC to follow B-LOC or I-LOC", scheme="iob2")
+
+
+def test_a_file_of_only_a_byte_order_mark_has_no_sentences(tmp_path: Path) -> None:
+    path = write_file(tmp_path, "\ufeff")
+    expect_data_error(path, 1, "no sentences")
+    expect_data_error(path, 1, "no sentences", read=read_tokenized)
 
 
 # --- unlabeled text -------------------------------------------------------------------------------

@@ -342,3 +342,83 @@ def test_turkish_treebank_named_data_sets():
     dev = load_dataset("twt-tr:dev")
     assert len(dev) == 485
     assert dev == conllu_io.load_turkish_treebank("dev")
+
+
+# ------------------------------------------------------------- issue 10: encodings, ranges, `_`
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.conllu"
+    path.write_bytes(b"\xef\xbb\xbf" + FIXTURE.encode("utf-8"))
+    sentences = read_conllu(path)
+    assert [s.words for s in sentences] == [s.words for s in parse_conllu(FIXTURE)]
+    assert parse_conllu("\ufeff" + FIXTURE)[0].tokens.metadata["newdoc id"] == "doc1"
+
+
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
+    path = tmp_path / "latin1.conllu"
+    latin1 = "1\tMünchen\tx\tX\t_\t_\t0\troot\t_\t_\n".encode("latin-1")
+    path.write_bytes(_sentence(GOOD).encode() + latin1)
+    with pytest.raises(DataError) as caught:
+        read_conllu(path)
+    assert (caught.value.path, caught.value.line) == (str(path), 4)
+    assert "not valid UTF-8" in caught.value.problem
+
+
+def _row(token_id: str, head: str = "_", relation: str = "_") -> str:
+    return f"{token_id}\tw{token_id}\t_\tX\t_\t_\t{head}\t{relation}\t_\t_"
+
+
+WORD_2 = _row("2", "1", "dep")
+MWT = _row("2-3")
+
+
+@pytest.mark.parametrize(
+    ("rows", "bad_line", "problem"),
+    [
+        # a multiword token past the last word, or not where its first word is
+        ([ROOT_ROW, _row("2-3"), WORD_2], 5, "reaches past the last word, 2"),
+        ([ROOT_ROW, _row("2-9"), WORD_2], 5, "reaches past the last word, 2"),
+        ([ROOT_ROW, _row("5-6"), WORD_2], 5, "from the next word, 2"),
+        ([_row("1-2"), ROOT_ROW, WORD_2, _row("2-3")], 7, "from the next word, 3"),
+        ([_row("1-1"), ROOT_ROW], 4, "two or more words"),
+        # an empty node after a word the sentence does not have (yet)
+        ([ROOT_ROW, _row("7.1")], 5, "must follow word 7"),
+        ([_row("1.1"), ROOT_ROW], 4, "must follow word 1"),
+    ],
+)
+def test_ranges_and_empty_nodes_outside_the_sentence_are_refused(rows, bad_line, problem):
+    text = _sentence(GOOD) + _sentence(rows)
+    with pytest.raises(DataError) as caught:
+        parse_conllu(text, source="x.conllu")
+    assert caught.value.line == bad_line and problem in caught.value.problem, caught.value
+
+
+def test_empty_node_before_the_first_word_and_ranges_inside_are_fine():
+    rows = [_row("0.1"), _row("1-2"), *GOOD, _row("2.1"), _row("2.2")]
+    sentence = parse_conllu(_sentence(rows))[0]
+    assert sentence.words == ("a", "b") and sentence.heads == (0, 1)
+
+
+UNPARSED = [_row("1"), MWT, _row("2"), _row("3")]
+
+
+def test_unparsed_conllu_is_read_for_prediction_only():
+    text = _sentence(GOOD) + _sentence(UNPARSED)
+    with pytest.raises(DataError) as caught:
+        parse_conllu(text)
+    assert caught.value.line == 4 and "no HEAD" in caught.value.problem
+    assert "training and evaluation data need gold trees" in caught.value.problem
+    parsed, unparsed = parse_conllu(text, require_trees=False)
+    assert parsed.has_tree and parsed.heads == (0, 1)
+    assert not unparsed.has_tree
+    assert unparsed.words == ("w1", "w2", "w3") and unparsed.heads == (-1, -1, -1)
+    assert unparsed.relations == ("_", "_", "_")
+    # written back as read, or with predictions in place of the `_`
+    assert format_conllu([unparsed]) == _sentence(UNPARSED)
+    predicted = parse_conllu(format_conllu([unparsed], [[0, 1, 1]], [["root", "dep", "dep"]]))[0]
+    assert predicted.heads == (0, 1, 1) and predicted.has_tree
+    # the heads a partly parsed sentence has are still checked
+    partly = [_row("1"), _row("2", "5", "dep")]
+    with pytest.raises(DataError, match="head 5 of word 2 is out of range"):
+        parse_conllu(_sentence(partly), require_trees=False)

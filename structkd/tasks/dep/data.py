@@ -45,7 +45,10 @@ def load_dep_source(
     spec: str, *, role: str = "train", max_sentences: int | None = None
 ) -> DepSource:
     """A treebank: a registered data set name (``twt-tr:dev``) or a CoNLL-U file (malformed trees
-    stop with the file, line and problem)."""
+    stop with the file, line and problem).
+
+    ``role="input"`` (text to parse) also accepts unparsed sentences (HEAD and DEPREL ``_``);
+    every other role (``train``, ``dev``, ``test``, ``evaluation``) needs gold trees."""
     spec = os.fspath(spec)
     if is_dataset_name(spec):
         sentences = list(load_dataset(spec))
@@ -55,7 +58,7 @@ def load_dep_source(
                 f"{type(sentences[0]).__name__}); --task dep reads CoNLL-U trees"
             )
     elif Path(spec).is_file():
-        sentences = read_conllu(spec)
+        sentences = read_conllu(spec, require_trees=role != "input")
     else:
         raise ValueError(f"{role} data {spec!r} is neither a known data set nor an existing file")
     if not sentences:

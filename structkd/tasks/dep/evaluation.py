@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
 import torch
@@ -18,6 +16,7 @@ from structkd.tasks.dep.data import DepSource, load_dep_source
 from structkd.tasks.dep.metrics import attachment_counts, attachment_scores, scored_word_mask
 from structkd.tasks.dep.model import load_dep_model, scheme_of
 from structkd.train.inference import sorted_batches
+from structkd.train.outputs import output_stream
 
 __all__ = ["batch_counts", "evaluate_dep", "evaluate_dep_model", "predict_batch", "predict_dep"]
 
@@ -94,8 +93,12 @@ def evaluate_dep(
     device: str = "cpu",
     include_punct: bool = False,
     max_sentences: int | None = None,
+    scheme: str = "auto",
 ) -> dict[str, Any]:
-    """``structkd evaluate`` of a dependency model: UAS, LAS, well-formed rate, speed."""
+    """``structkd evaluate`` of a dependency model: UAS, LAS, well-formed rate, speed.
+    ``scheme`` is the NER option (the tag scheme of labeled data): a treebank has none."""
+    if scheme != "auto":
+        raise ValueError(f"--scheme {scheme} is for tagged NER data; a treebank has no tag scheme")
     model, _ = load_dep_model(model_dir, device=device)
     source = load_dep_source(data, role="evaluation", max_sentences=max_sentences)
     scores = evaluate_dep_model(
@@ -118,27 +121,22 @@ def predict_dep(
     DEPREL are replaced) and write CoNLL-U to ``output`` (path, stream, or standard output);
     returns the number of sentences. Multiword tokens, empty nodes and comments are kept.
     ``input_format`` and ``scheme`` are the NER options: a treebank is always CoNLL-U, its
-    relations the model's own."""
-    model, _ = load_dep_model(model_dir, device=device)
-    source = load_dep_source(os.fspath(input), role="input")
-    collator = DepCollator(model.vocab, scheme_of(model), labeled=False)
-    heads: list[list[int]] = [[] for _ in source.sentences]
-    relations: list[list[str]] = [[] for _ in source.sentences]
-    with torch.inference_mode():
-        for indices, batch in sorted_batches(source.sentences, collator, batch_size, device):
-            batch_heads, rel_ids, _ = predict_batch(model, batch)
-            for row, index in enumerate(indices):
-                length = len(source.sentences[index])
-                heads[index] = batch_heads[row, 1 : length + 1].tolist()
-                relations[index] = [
-                    model.vocab.relations[r] for r in rel_ids[row, 1 : length + 1].tolist()
-                ]
-    text = format_conllu(source.sentences, heads, relations)
-    if output is None or output == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    elif hasattr(output, "write"):
-        output.write(text)  # type: ignore[union-attr]
-    else:
-        Path(output).write_text(text, encoding="utf-8")
+    relations the model's own. A path ``output`` is checked before any work (not ``input``, in a
+    writable directory) and written through a temporary file renamed onto it at the end."""
+    with output_stream(output, inputs=[input]) as stream:
+        model, _ = load_dep_model(model_dir, device=device)
+        source = load_dep_source(os.fspath(input), role="input")
+        collator = DepCollator(model.vocab, scheme_of(model), labeled=False)
+        heads: list[list[int]] = [[] for _ in source.sentences]
+        relations: list[list[str]] = [[] for _ in source.sentences]
+        with torch.inference_mode():
+            for indices, batch in sorted_batches(source.sentences, collator, batch_size, device):
+                batch_heads, rel_ids, _ = predict_batch(model, batch)
+                for row, index in enumerate(indices):
+                    length = len(source.sentences[index])
+                    heads[index] = batch_heads[row, 1 : length + 1].tolist()
+                    relations[index] = [
+                        model.vocab.relations[r] for r in rel_ids[row, 1 : length + 1].tolist()
+                    ]
+        stream.write(format_conllu(source.sentences, heads, relations))
     return len(source.sentences)

@@ -128,6 +128,10 @@ def _prepare_data(
     """The training, dev and test trees, the vocabulary (dev and test words included), the
     student's label scheme (``None`` for a parser) and the ``metrics.json`` entries describing
     them. Projective parsers keep the projective training trees only."""
+    if options.scheme != "auto":
+        raise ValueError(
+            f"--scheme {options.scheme}: a treebank has no tag scheme (--scheme is for NER data)"
+        )
     train_source = load_dep_source(
         options.train, role="train", max_sentences=options.max_train_sentences
     )
@@ -144,10 +148,15 @@ def _prepare_data(
             raise ValueError(f"train data {options.train!r} has no projective tree")
         train_source = DepSource(train_source.name + " (projective)", kept)
         extra["data"]["n_train_sentences"] = len(kept)
+    vocabulary_text = [load_dep_source(spec, role="input") for spec in options.vocab_text]
     vocab = DepVocab.build(
         train_source.sentences,
         extra_words=[
-            w for source in (dev, test) if source for s in source.sentences for w in s.words
+            w
+            for source in (dev, test, *vocabulary_text)
+            if source
+            for s in source.sentences
+            for w in s.words
         ],
     )
     scheme = None

@@ -4,7 +4,6 @@ tag's marginal probability)."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any, TextIO
 
@@ -18,6 +17,7 @@ from structkd.tasks.ner.features import make_collator
 from structkd.tasks.ner.metrics import seqeval_scores
 from structkd.tasks.ner.model import check_types, load_tagger
 from structkd.train.inference import sorted_batches
+from structkd.train.outputs import output_stream
 from structkd.train.runtime import default_cache_dir
 
 __all__ = ["evaluate", "evaluate_tagger", "predict"]
@@ -69,14 +69,15 @@ def evaluate(
     device: str = "cpu",
     max_sentences: int | None = None,
     include_punct: bool = False,
+    scheme: str = "auto",
 ) -> dict[str, Any]:
     """Entity-level ``precision``, ``recall``, ``f1`` and ``per_type`` scores of the NER model in
-    ``model_dir`` on the labeled ``data`` (a data set name or a CoNLL file), with
-    ``sentences_per_second`` (transformer features computed on the fly, as in real use).
-    ``include_punct`` is the dependency scores' option: entities are scored whatever their
-    words."""
+    ``model_dir`` on the labeled ``data`` (a data set name or a CoNLL file, its tags in
+    ``scheme``: ``auto``, ``iob1``, ``iob2`` or ``bioes``), with ``sentences_per_second``
+    (transformer features computed on the fly, as in real use). ``include_punct`` is the
+    dependency scores' option: entities are scored whatever their words."""
     tagger, info = load_tagger(model_dir, device=device)
-    source = load_labeled(data, role="evaluation", max_sentences=max_sentences)
+    source = load_labeled(data, role="evaluation", max_sentences=max_sentences, scheme=scheme)
     collator = make_collator(
         info.config,
         tagger,
@@ -110,54 +111,53 @@ def predict(
     ``scheme``: ``"bioes"`` (the model's own labels) or ``"iob2"`` (each BIOES label mapped to
     its IOB2 tag: ``B``/``S`` -> ``B``, ``I``/``E`` -> ``I``; the probability is then the sum of
     the marginals of the BIOES labels with that IOB2 tag, the exact marginal of the IOB2 tag).
-    Returns the number of sentences written.
+    A path ``output`` is checked before any work (not ``input``, in a writable directory) and
+    written through a temporary file renamed onto it at the end. Returns the number of sentences
+    written.
     """
-    tagger, info = load_tagger(model_dir, device=device)
-    source = load_text(input, role="input", file_format=input_format, keep_tags=True)
-    sentences = source.sentences
-    unlabeled = [sentence.without_tags() for sentence in sentences]
-    collator = make_collator(
-        info.config,
-        tagger,
-        info.vocab,
-        unlabeled,
-        source.fingerprint,
-        default_cache_dir(),
-        device=device,
-        cached_features=False,
-    )
-    labels = list(info.vocab.labels)
-    names, to_output = labels, torch.eye(len(labels))
-    if scheme == "iob2":
-        names = ["O"] + [f"{p}-{t}" for t in info.types for p in "BI"]
-        mapped = {"O": "O", "B": "B", "S": "B", "I": "I", "E": "I"}
-        to_output = torch.zeros(len(labels), len(names))
-        for index, label in enumerate(labels):
-            tag = "O" if label == "O" else f"{mapped[label[0]]}{label[1:]}"
-            to_output[index, names.index(tag)] = 1.0
-    to_output = to_output.to(device)
-    predictions: list[list[str]] = [[] for _ in sentences]
-    probabilities: list[list[float]] = [[] for _ in sentences]
-    with torch.inference_mode():
-        for indices, batch in sorted_batches(unlabeled, collator, batch_size, device):
-            distribution = tagger(batch)
-            best = distribution.argmax
-            if isinstance(distribution, SemiMarkovSpans):
-                marginals = distribution.bioes_marginals
-            else:
-                marginals = distribution.marginals
-            output_marginals = marginals.to(to_output) @ to_output  # [B, N, L_out]
-            output_best = to_output.argmax(-1)[best.clamp(min=0)]  # [B, N]
-            best_probability = output_marginals.gather(-1, output_best.unsqueeze(-1))[..., 0]
-            for row, index in enumerate(indices):
-                length = len(sentences[index])
-                predictions[index] = [names[i] for i in output_best[row, :length].tolist()]
-                probabilities[index] = [
-                    min(1.0, max(0.0, p)) for p in best_probability[row, :length].tolist()
-                ]
-    if output is None or output == "-":
-        write_conll(sys.stdout, sentences, predictions, probabilities)
-        sys.stdout.flush()
-    else:
-        write_conll(output, sentences, predictions, probabilities)
+    with output_stream(output, inputs=[input]) as stream:
+        tagger, info = load_tagger(model_dir, device=device)
+        source = load_text(input, role="input", file_format=input_format, keep_tags=True)
+        sentences = source.sentences
+        unlabeled = [sentence.without_tags() for sentence in sentences]
+        collator = make_collator(
+            info.config,
+            tagger,
+            info.vocab,
+            unlabeled,
+            source.fingerprint,
+            default_cache_dir(),
+            device=device,
+            cached_features=False,
+        )
+        labels = list(info.vocab.labels)
+        names, to_output = labels, torch.eye(len(labels))
+        if scheme == "iob2":
+            names = ["O"] + [f"{p}-{t}" for t in info.types for p in "BI"]
+            mapped = {"O": "O", "B": "B", "S": "B", "I": "I", "E": "I"}
+            to_output = torch.zeros(len(labels), len(names))
+            for index, label in enumerate(labels):
+                tag = "O" if label == "O" else f"{mapped[label[0]]}{label[1:]}"
+                to_output[index, names.index(tag)] = 1.0
+        to_output = to_output.to(device)
+        predictions: list[list[str]] = [[] for _ in sentences]
+        probabilities: list[list[float]] = [[] for _ in sentences]
+        with torch.inference_mode():
+            for indices, batch in sorted_batches(unlabeled, collator, batch_size, device):
+                distribution = tagger(batch)
+                best = distribution.argmax
+                if isinstance(distribution, SemiMarkovSpans):
+                    marginals = distribution.bioes_marginals
+                else:
+                    marginals = distribution.marginals
+                output_marginals = marginals.to(to_output) @ to_output  # [B, N, L_out]
+                output_best = to_output.argmax(-1)[best.clamp(min=0)]  # [B, N]
+                best_probability = output_marginals.gather(-1, output_best.unsqueeze(-1))[..., 0]
+                for row, index in enumerate(indices):
+                    length = len(sentences[index])
+                    predictions[index] = [names[i] for i in output_best[row, :length].tolist()]
+                    probabilities[index] = [
+                        min(1.0, max(0.0, p)) for p in best_probability[row, :length].tolist()
+                    ]
+        write_conll(stream, sentences, predictions, probabilities)
     return len(sentences)

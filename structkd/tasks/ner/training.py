@@ -16,6 +16,7 @@ from structkd.distill.bridges import check_weights
 from structkd.distill.halves import student_half
 from structkd.models.tagger import Tagger
 from structkd.tasks.ner.data import DataSource, load_labeled, load_text
+from structkd.tasks.ner.diagnostics import target_diagnostics
 from structkd.tasks.ner.evaluation import evaluate_tagger
 from structkd.tasks.ner.features import make_collator
 from structkd.tasks.ner.metrics import entity_counts, scores_from_counts
@@ -41,6 +42,7 @@ __all__ = [
     "prepare_distill",
     "prepare_train",
     "student_kind",
+    "vocabulary_sources",
 ]
 
 
@@ -143,12 +145,22 @@ def labeled_part(source: str, items: list[tuple[int, Any]]) -> Part:
 
 
 def _sources(options: TrainOptions) -> tuple[DataSource, DataSource, DataSource | None]:
+    scheme = options.scheme
     train_source = load_labeled(
-        options.train, role="train", max_sentences=options.max_train_sentences
+        options.train, role="train", max_sentences=options.max_train_sentences, scheme=scheme
     )
-    dev = load_labeled(options.dev, role="dev")
-    test = None if options.test is None else load_labeled(options.test, role="test")
+    dev = load_labeled(options.dev, role="dev", scheme=scheme)
+    test = None if options.test is None else load_labeled(options.test, role="test", scheme=scheme)
     return train_source, dev, test
+
+
+def vocabulary_sources(
+    options: TrainOptions, dev: DataSource, test: DataSource | None
+) -> list[DataSource]:
+    """The text beyond the training data whose words join the vocabulary: dev, test and
+    ``options.vocab_text``."""
+    extra = [load_text(spec, role="vocabulary", keep_tags=False) for spec in options.vocab_text]
+    return [dev, *([test] if test else []), *extra]
 
 
 def _collators(
@@ -216,7 +228,9 @@ def prepare_train(options: TrainOptions) -> PreparedRun:
     types = sorted({t for source in labeled for t in source.types})
     if not types:
         raise ValueError(f"train data {options.train!r} has no entities: nothing to learn")
-    vocab = build_vocab(config, train_source.sentences, types, [dev, *([test] if test else [])])
+    vocab = build_vocab(
+        config, train_source.sentences, types, vocabulary_sources(options, dev, test)
+    )
     seed(options.seed)
     tagger = Tagger(config, vocab)
     return _run(
@@ -371,8 +385,10 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
                 )
             readers[key] = TargetReader(directories, spec, weights.to(torch.float32))
 
-    student_sentences = [s for part in parts for _, s in part.items]
-    vocab = build_vocab(config, student_sentences, types, [dev, *([test] if test else [])])
+    # every method's student gets the vocabulary of all the training text (the no-KD student's
+    # too, although it trains on the labeled part only), so that one seed gives one initialization
+    text = [*train_source.sentences, *(unlabeled.sentences if unlabeled is not None else [])]
+    vocab = build_vocab(config, text, types, vocabulary_sources(options, dev, test))
     seed(options.seed)
     tagger = Tagger(config, vocab)
     extra = {
@@ -396,7 +412,7 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
             "caches": caches,
         },
     }
-    return _run(
+    run = _run(
         options,
         "distill",
         tagger,
@@ -409,3 +425,21 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
         kd,
         extra,
     )
+    if kd is not None:
+        run.extra["target_diagnostics"] = _diagnostics(run, kd)
+    return run
+
+
+def _diagnostics(run: PreparedRun, kd: KDSettings) -> dict[str, Any]:
+    """``target_diagnostics`` of every training part (see ``structkd.tasks.ner.diagnostics``)."""
+    found = {}
+    for part in run.train_parts:
+        name = f"{part.source} ({'labeled' if part.labeled else 'unlabeled'})"
+        found[name] = target_diagnostics(
+            part.items,
+            run.collators[part.source],
+            run.target_readers[part.source],
+            labeled=part.labeled,
+            temperature=float(kd.temperature),
+        )
+    return found

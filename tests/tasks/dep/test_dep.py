@@ -332,3 +332,73 @@ def test_evaluation_data_may_hold_a_relation_unseen_in_training(treebank, tmp_pa
     sentences = load_dep_source(str(other)).sentences
     with pytest.raises(ValueError, match=r"other\.conllu:\d+: relation 'remnant'"):
         DepCollator(model.vocab)(list(enumerate(sentences)))
+
+
+def _unparsed(text: str) -> str:
+    """The treebank ``text`` with HEAD and DEPREL replaced by ``_`` (text to parse)."""
+    rows = []
+    for line in text.split("\n"):
+        columns = line.split("\t")
+        if len(columns) == 10:
+            columns[6] = columns[7] = "_"
+        rows.append("\t".join(columns))
+    return "\n".join(rows)
+
+
+def test_unparsed_conllu_is_parsed_but_not_trained_or_scored_on(treebank, tmp_path, teacher):
+    unparsed = tmp_path / "unparsed.conllu"
+    unparsed.write_text(_unparsed(treebank["dev"].read_text(encoding="utf-8")), encoding="utf-8")
+    source = load_dep_source(str(unparsed), role="input")
+    assert len(source) == 14 and not any(s.has_tree for s in source.sentences)
+    for role in ("train", "evaluation"):
+        with pytest.raises(ValueError, match=r"unparsed\.conllu, line 2: word 1 has no HEAD"):
+            load_dep_source(str(unparsed), role=role)
+    out = tmp_path / "parsed.conllu"
+    assert predict(teacher["model_dir"], str(unparsed), str(out)) == 14
+    parsed = read_conllu(out)  # trees now
+    assert [s.words for s in parsed] == [s.words for s in source.sentences]
+    assert all(s.has_tree for s in parsed)
+    with pytest.raises(ValueError, match="need gold trees"):
+        evaluate(teacher["model_dir"], str(unparsed))
+
+
+def test_predict_refuses_to_overwrite_its_input_and_writes_atomically(treebank, tmp_path, teacher):
+    source = tmp_path / "gold.conllu"
+    gold = treebank["test"].read_text(encoding="utf-8")
+    source.write_text(gold, encoding="utf-8")
+    with pytest.raises(ValueError, match="is the input file"):
+        predict(teacher["model_dir"], str(source), str(source))
+    assert source.read_text(encoding="utf-8") == gold  # gold HEAD/DEPREL kept
+    with pytest.raises(ValueError, match="does not exist"):
+        predict(teacher["model_dir"], str(source), str(tmp_path / "no" / "parsed.conllu"))
+    out = tmp_path / "parsed.conllu"
+    assert predict(teacher["model_dir"], str(source), str(out)) == 14
+    assert len(read_conllu(out)) == 14
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["gold.conllu", "parsed.conllu"]
+
+
+def test_a_tag_scheme_is_refused_for_treebanks(treebank, tmp_path) -> None:
+    options = TrainOptions(
+        task="dep",
+        train=str(treebank["train"]),
+        dev=str(treebank["dev"]),
+        out=str(tmp_path / "m"),
+        arch="parser-head-selection",
+        scheme="iob1",
+    )
+    with pytest.raises(ValueError, match="a treebank has no tag scheme"):
+        train(options)
+
+
+def test_vocab_text_joins_the_vocabulary(treebank, tmp_path) -> None:
+    """Words of text the model will read (``vocab_text``, here unparsed CoNLL-U) get entries."""
+    other = tmp_path / "other.conllu"
+    other.write_text("1\tZebralar\t_\tNOUN\t_\t_\t_\t_\t_\t_\n\n", encoding="utf-8")
+    plain = _options(treebank, tmp_path, "parser-head-selection", "plain", epochs=1)
+    read = _options(
+        treebank, tmp_path, "parser-head-selection", "read", epochs=1, vocab_text=[str(other)]
+    )
+    train(TrainOptions(**plain))
+    train(TrainOptions(**read))
+    assert "zebralar" not in load_dep_model(tmp_path / "plain")[0].vocab.words.items
+    assert "zebralar" in load_dep_model(tmp_path / "read")[0].vocab.words.items

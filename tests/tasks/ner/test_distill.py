@@ -250,6 +250,16 @@ def test_labeled_fraction_and_unlabeled_text(teachers, tmp_path) -> None:
         str(teachers / "train.conll"),
         str(teachers / "unlabeled.txt"),
     }
+    # what the targets carry beyond the gold tags, per part
+    diagnostics = metrics["target_diagnostics"]
+    assert set(diagnostics) == {"train (labeled)", "train (unlabeled)", "unlabeled (unlabeled)"}
+    labeled = diagnostics["train (labeled)"]
+    assert labeled["n_tokens"] == sum(len(s) for _, s in run.train_parts[0].items)
+    assert 0 < labeled["mean_gold_probability"] <= 1 and 0 <= labeled["argmax_error"] <= 1
+    assert labeled["mean_gold_probability"] <= labeled["mean_max_probability"] + 1e-12
+    for values in diagnostics.values():
+        assert values["mean_entropy"] >= 0 and 0 < values["mean_max_probability"] <= 1
+    assert "mean_gold_probability" not in diagnostics["unlabeled (unlabeled)"]
 
 
 def test_refused_pairings(teachers, tmp_path) -> None:
@@ -285,3 +295,18 @@ def test_case_3_softmax_teacher_into_an_unconstrained_crf_student(teachers, tmp_
     kd = module.step_losses(batch)["kd"].detach()
     assert torch.isfinite(kd)
     assert float(kd) == pytest.approx(float(direct.detach()), rel=1e-5)
+
+
+def test_every_method_starts_from_the_same_student(teachers, tmp_path) -> None:
+    """Paired comparisons: one seed, one initialization, whatever the method (the no-KD student
+    of a labeled fraction gets the vocabulary of all the training text too)."""
+    states = []
+    for method in ("none", "token", "struct"):
+        changes = {"method": method, "labeled_fraction": 0.5, "arch": "student-softmax"}
+        if method == "none":
+            changes["teachers"] = []
+        run = prepare_distill(options(teachers, tmp_path, **changes))
+        states.append(run.model.state_dict())
+    for state in states[1:]:
+        assert state.keys() == states[0].keys()
+        assert all(torch.equal(state[name], states[0][name]) for name in state)

@@ -159,3 +159,59 @@ def test_cli_errors_are_one_line(trained, tmp_path, capsys) -> None:
          "--arch", "student-crf", "--arch-override", "no_such_field=1"],
     )  # fmt: skip
     assert "no_such_field" in line
+
+
+def test_predict_refuses_to_overwrite_its_input(trained, tmp_path, capsys) -> None:
+    data_dir, _ = trained
+    source = tmp_path / "input.conll"
+    text = "-DOCSTART- O\n\nAlice B-PER\nmet O\n"
+    source.write_text(text, encoding="utf-8")
+    model = str(data_dir / "model")
+    with pytest.raises(ValueError, match="is the input file"):
+        predict(model, str(source), str(source))
+    line = _error_line(capsys, ["predict", "--model", model, "--input", str(source),
+                                "--output", str(tmp_path / "." / "input.conll")])  # fmt: skip
+    assert "is the input file" in line and "would destroy the input" in line
+    (tmp_path / "link.conll").symlink_to(source)
+    with pytest.raises(ValueError, match="is the input file"):
+        predict(model, str(tmp_path / "link.conll"), str(source))
+    assert source.read_text(encoding="utf-8") == text
+
+
+def test_predict_checks_the_output_before_any_work(trained, tmp_path, monkeypatch) -> None:
+    data_dir, _ = trained
+    text = write_tokens(tmp_path / "input.txt", 3, seed=5)
+    import structkd.tasks.ner.evaluation as evaluation
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(evaluation, "load_tagger", no_work)
+    with pytest.raises(ValueError, match="does not exist"):
+        predict(data_dir / "model", str(text), str(tmp_path / "missing" / "out.conll"))
+    with pytest.raises(ValueError, match="is a directory"):
+        predict(data_dir / "model", str(text), str(tmp_path))
+
+
+def test_predict_writes_its_output_atomically(trained, tmp_path, monkeypatch) -> None:
+    data_dir, _ = trained
+    text = write_tokens(tmp_path / "input.txt", 4, seed=5)
+    output = tmp_path / "out.conll"
+    output.write_text("an earlier result\n", encoding="utf-8")
+    import structkd.tasks.ner.evaluation as evaluation
+
+    write_conll_ = evaluation.write_conll
+
+    def interrupted(stream, *args, **kwargs):
+        stream.write("half a line")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "write_conll", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict(data_dir / "model", str(text), str(output))
+    assert output.read_text(encoding="utf-8") == "an earlier result\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.txt", "out.conll"]
+    monkeypatch.setattr(evaluation, "write_conll", write_conll_)
+    assert predict(data_dir / "model", str(text), str(output)) == 4
+    assert len(output.read_text(encoding="utf-8").strip().split("\n\n")) == 4
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.txt", "out.conll"]
