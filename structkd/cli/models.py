@@ -17,7 +17,7 @@ from typing import Any
 from structkd.data.tag_schemes import SCHEMES
 from structkd.distill.methods import DEFAULT_METHOD, METHOD_NAMES, TEMPERATURE_MODES
 from structkd.tasks import get_task, task_names
-from structkd.train.options import KD_SCHEDULES, DistillOptions, TrainOptions
+from structkd.train.options import DEFAULT_KD_SCHEDULE, KD_SCHEDULES, DistillOptions, TrainOptions
 
 __all__ = [
     "DEFAULT_TASK",
@@ -299,7 +299,7 @@ def add_commands(
     distill_parser.add_argument(
         "--kd-weight-end", type=float, default=0.0, help="lambda at the last step (linear)"
     )
-    distill_parser.add_argument("--kd-schedule", default="linear", choices=KD_SCHEDULES)
+    distill_parser.add_argument("--kd-schedule", default=DEFAULT_KD_SCHEDULE, choices=KD_SCHEDULES)
     distill_parser.add_argument("--unlabeled", help="unlabeled text (data set, CoNLL, tokens)")
     distill_parser.add_argument(
         "--labeled-fraction", type=float, help="keep the labels of only this fraction of --train"

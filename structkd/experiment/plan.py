@@ -29,6 +29,7 @@ from typing import Any
 
 from structkd.distill.methods import method as kd_method
 from structkd.experiment.config import ExperimentConfig, ModelSpec
+from structkd.train.options import DEFAULT_KD_SCHEDULE
 
 __all__ = [
     "NOT_IN_RUN_ID",
@@ -195,7 +196,8 @@ def plan_experiment(config: ExperimentConfig) -> Plan:
 
     A student's row labels: ``task``, ``dataset``, ``experiment``, ``case``, ``teacher`` and
     ``student`` (architectures), ``method``, ``temperature``, ``temperature_mode`` (``None`` for
-    ``none``), ``labeled_fraction``, ``seed``. A teacher's: the same with ``method =
+    ``none``), ``labeled_fraction``, ``seed``, and ``kd_schedule`` when the student's KD weight
+    schedule is not the default. A teacher's: the same with ``method =
     "teacher"``, ``student`` = the teacher's architecture, one set per case that uses it.
     """
     runs: dict[str, RunSpec] = {}
@@ -229,17 +231,18 @@ def plan_experiment(config: ExperimentConfig) -> Plan:
                 "seed": teacher.options["seed"],
             },
         )
-        add(
-            student,
-            {
-                **common,
-                "student": config.students[case.student].arch,
-                "method": point.method,
-                "temperature": point.temperature,
-                "temperature_mode": point.temperature_mode,
-                "seed": point.seed,
-            },
-        )
+        labels = {
+            **common,
+            "student": config.students[case.student].arch,
+            "method": point.method,
+            "temperature": point.temperature,
+            "temperature_mode": point.temperature_mode,
+            "seed": point.seed,
+        }
+        schedule = student.options.get("kd_schedule", DEFAULT_KD_SCHEDULE)
+        if kd_method(point.method).uses_teacher and schedule != DEFAULT_KD_SCHEDULE:
+            labels["kd_schedule"] = schedule  # rows of the default schedule stay as they were
+        add(student, labels)
     return Plan(
         runs=tuple(runs.values()),
         rows={run_id: tuple(labels.values()) for run_id, labels in rows.items()},

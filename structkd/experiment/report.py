@@ -82,7 +82,8 @@ GROUP_KEYS = (
     "temperature_mode",
     "labeled_fraction",
 )
-"""The fields that identify a table row; seeds are averaged within one."""
+"""The fields that identify a table row; seeds are averaged within one. With ``kd_schedule``,
+which a row has only when its student's KD weight schedule is not the default ``linear``."""
 
 
 def method_title(name: str) -> str:
@@ -141,6 +142,7 @@ class Summary:
     temperature_mode: str | None
     labeled_fraction: float
     splits: Mapping[str, SplitSummary]
+    kd_schedule: str | None = None
 
     @property
     def setting(self) -> tuple[str, str, str, float]:
@@ -162,6 +164,8 @@ class Summary:
             parts.append(f"labeled fraction {self.labeled_fraction:g}")
         if self.temperature is not None:
             parts.append(f"T={self.temperature:g} {self.temperature_mode}")
+        if self.kd_schedule is not None:
+            parts.append(f"{self.kd_schedule} KD weight")
         return f"case {self.case} ({', '.join(parts)})"
 
 
@@ -183,6 +187,7 @@ def _sort_key(summary: Summary) -> tuple:
         summary.method,
         summary.temperature or 0.0,
         summary.temperature_mode or "",
+        summary.kd_schedule or "",
     )
 
 
@@ -215,7 +220,8 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[Summary]:
         missing = [key for key in (*GROUP_KEYS, "split", "seed", *needed) if key not in row]
         if missing:
             raise ValueError(f"a results row lacks {missing}: {dict(row)}")
-        groups[tuple(row[key] for key in GROUP_KEYS)][row["split"]].append(row)
+        key = (*(row[name] for name in GROUP_KEYS), row.get("kd_schedule"))
+        groups[key][row["split"]].append(row)
     summaries = []
     for key, by_split in groups.items():
         splits = {}
@@ -225,7 +231,7 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[Summary]:
                 runs = sorted({str(row.get("run_id")) for row in split_rows})
                 raise ValueError(
                     f"rows of different runs ({', '.join(runs)}) have the same labels, split "
-                    f"{split!r} and seed: {dict(zip(GROUP_KEYS, key, strict=True))}; does the "
+                    f"{split!r} and seed: {dict(zip(GROUP_KEYS, key, strict=False))}; does the "
                     "results file mix two versions of a config? (structkd experiment reports "
                     "only the runs of its config)"
                 )
@@ -247,7 +253,8 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[Summary]:
                 scores=scores,
                 per_seed=per_seed,
             )
-        summaries.append(Summary(**dict(zip(GROUP_KEYS, key, strict=True)), splits=splits))
+        labels = dict(zip(GROUP_KEYS, key[:-1], strict=True))
+        summaries.append(Summary(**labels, splits=splits, kd_schedule=key[-1]))
     return sorted(summaries, key=_sort_key)
 
 
@@ -271,10 +278,11 @@ def _paired_baseline(summaries: Sequence[Summary], summary: Summary, method: str
     ]
     here = (summary.temperature, summary.temperature_mode)
 
-    def distance(candidate: Summary) -> tuple[bool, bool]:
+    def distance(candidate: Summary) -> tuple[bool, bool, bool]:
         return (
             candidate.temperature != summary.temperature,
             (candidate.temperature, candidate.temperature_mode) != here,
+            candidate.kd_schedule != summary.kd_schedule,
         )
 
     return min(candidates, key=distance, default=None)
@@ -524,7 +532,8 @@ def _fraction_text(fraction: float) -> str:
 def _temperature_text(summary: Summary) -> str:
     if summary.temperature is None:
         return "-"
-    return f"{summary.temperature:g} {summary.temperature_mode}"
+    text = f"{summary.temperature:g} {summary.temperature_mode}"
+    return text if summary.kd_schedule is None else f"{text}, {summary.kd_schedule} λ"
 
 
 def _table(summaries: Sequence[Summary], task: Task) -> list[str]:
@@ -734,6 +743,8 @@ def _series_label(summary: Summary) -> str:
         summary.temperature != 1 or summary.temperature_mode != "global"
     ):
         label += f" (T={summary.temperature:g} {summary.temperature_mode})"
+    if summary.kd_schedule is not None:
+        label += f" [{summary.kd_schedule} λ]"
     return label
 
 

@@ -11,6 +11,7 @@ from structkd.data.tag_schemes import SCHEMES
 from structkd.distill.methods import DEFAULT_METHOD, KD_METHODS, TEMPERATURE_MODES, method
 
 __all__ = [
+    "DEFAULT_KD_SCHEDULE",
     "KD_SCHEDULES",
     "REFERENCE_DECAY",
     "DistillOptions",
@@ -24,6 +25,8 @@ KD_SCHEDULES = ("linear", "constant", "reference")
 """How the KD weight ``lambda`` moves during training (``structkd.train.module.KDSettings``):
 ``linear`` from ``kd_weight`` to ``kd_weight_end`` over the optimizer steps; ``constant``
 ``kd_weight``; ``reference``, the authors' recipe, ``kd_weight * max(0, 1 - 0.005 * epoch)``."""
+DEFAULT_KD_SCHEDULE = "linear"
+"""The schedule of ``DistillOptions.kd_schedule`` when none is given."""
 REFERENCE_DECAY = 0.005
 """The per-epoch decay of the ``reference`` schedule."""
 
@@ -103,7 +106,7 @@ class DistillOptions(TrainOptions):
     k: int = 5
     kd_weight: float = 1.0
     kd_weight_end: float = 0.0
-    kd_schedule: str = "linear"
+    kd_schedule: str = DEFAULT_KD_SCHEDULE
     unlabeled: str | None = None
     labeled_fraction: float | None = None
 

@@ -965,3 +965,19 @@ def test_a_third_task_runs_through_its_facts(tmp_path: Path) -> None:
             )
     finally:
         TASKS.pop("toy3", None)
+
+
+def test_a_non_default_kd_schedule_labels_its_rows() -> None:
+    """experiments/ner-sweep.toml: the constant and reference blocks' KD students carry
+    ``kd_schedule`` in their rows; linear (the default), no-KD and teacher rows do not."""
+    from pathlib import Path
+
+    from structkd.experiment import load_config, plan_experiment
+
+    config = Path(__file__).parents[2] / "experiments" / "ner-sweep.toml"
+    plan = plan_experiment(load_config(config))
+    labels = [label for rows in plan.rows.values() for label in rows]
+    schedules = [label.get("kd_schedule") for label in labels]
+    assert schedules.count("constant") == schedules.count("reference") == 12
+    assert all(label.get("kd_schedule") is None for label in labels if label["method"] == "none")
+    assert len(plan.runs) == 39

@@ -606,3 +606,25 @@ def test_one_setting_is_counted_as_one() -> None:
         "Structural KD beats no KD in the one setting measured here: the 95% confidence "
         "interval of the paired per-seed difference in test F1 lies above 0."
     )
+
+
+def test_kd_weight_schedules_are_rows_of_their_own() -> None:
+    """A student trained under a non-default KD weight schedule has ``kd_schedule`` in its rows:
+    it is a row of its own, named in the temperature cell, paired with the no-KD seeds."""
+    from structkd.experiment.report import render_markdown, summarize
+
+    rows = []
+    for seed in (1, 2):
+        rows.append(row("1a", "none", seed, "test", 0.80 + 0.001 * seed))
+        rows.append(row("1a", "struct", seed, "test", 0.82 + 0.001 * seed))
+        reference = row("1a", "struct", seed, "test", 0.83 + 0.001 * seed)
+        reference["kd_schedule"] = "reference"
+        reference["run_id"] += "-reference"
+        rows.append(reference)
+    summaries = summarize(rows)
+    structs = [s for s in summaries if s.method == "struct"]
+    assert [s.kd_schedule for s in structs] == [None, "reference"]
+    assert [round(s.splits["test"].mean, 2) for s in structs] == [82.15, 83.15]
+    assert "reference KD weight" in structs[1].describe()
+    text = render_markdown(rows, title="schedules")
+    assert "1 global, reference λ" in text
