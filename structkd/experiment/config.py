@@ -17,6 +17,9 @@ The config is TOML (see ``experiments/ner.toml``)::
     train = "conll03-en:train" # registered data set names or files of the task's format
     dev = "conll03-en:dev"
     test = "conll03-en:test"
+    unlabeled = "text.txt"     # optional: text without labels the KD students also distill on
+                               # (a task that learns from unlabeled text); teachers' vocabularies
+                               # cover it (vocab_text)
 
     [defaults]                 # options of every run (training-layer option names)
     epochs = 20
@@ -176,6 +179,9 @@ class ExperimentConfig:
     grid: tuple[GridBlock, ...]
     cache_dir: Path = Path("runs/cache")
     """Where the training layer caches teacher outputs and transformer features."""
+    unlabeled: str | None = None
+    """Text without labels that the KD students distill on too (``DistillOptions.unlabeled``);
+    the teachers' vocabularies cover it."""
     task: str = DEFAULT_TASK
     teacher_seeds: str = "shared"
     teacher_data: str = "labeled"
@@ -536,10 +542,17 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "<config>") -> Experim
     )
 
     data = _table(raw, "data", source, required=True)
-    _unknown_keys(data, ("dataset", "train", "dev", "test"), "data", source)
+    _unknown_keys(data, ("dataset", "train", "dev", "test", "unlabeled"), "data", source)
     train = _string(data, "train", "data", source, None)
     dev = _string(data, "dev", "data", source, None)
     test = _string(data, "test", "data", source, None)
+    unlabeled = data.get("unlabeled")
+    if unlabeled is not None:
+        unlabeled = _string(data, "unlabeled", "data", source, None)
+        if not get_task(task_name).learns_from_unlabeled:
+            raise _fail(
+                source, "data.unlabeled", f"task {task_name!r} does not learn from unlabeled text"
+            )
     dataset = _string(
         data, "dataset", "data", source, train.split(":")[0] if ":" in train else None
     )
@@ -572,6 +585,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "<config>") -> Experim
         cases=cases,
         grid=grid,
         cache_dir=cache_dir,
+        unlabeled=unlabeled,
         task=task_name,
         teacher_seeds=teacher_seeds,
         teacher_data=teacher_data,

@@ -159,7 +159,10 @@ def _teacher_run(config: ExperimentConfig, point: GridPoint) -> RunSpec:
     else:
         seed = spec.seed if spec.seed is not None else first_seed
     fraction = point.labeled_fraction if config.teacher_data == "labeled" else 1.0
-    options = _resolved(config, spec, {"seed": seed, "labeled_fraction": fraction})
+    extra: dict[str, Any] = {"seed": seed, "labeled_fraction": fraction}
+    if config.unlabeled is not None:  # the teacher labels it: its words join the vocabulary
+        extra["vocab_text"] = [*spec.options.get("vocab_text", []), config.unlabeled]
+    options = _resolved(config, spec, extra)
     run_id = run_id_of("teacher", options)
     label = f"teacher-{spec.name}-s{seed}" + ("" if fraction == 1 else f"-f{fraction:g}")
     return RunSpec(run_id, "teacher", label, options)
@@ -179,6 +182,8 @@ def _student_run(config: ExperimentConfig, point: GridPoint, teacher: RunSpec) -
     if uses_teacher:
         extra.update(temperature=point.temperature, temperature_mode=point.temperature_mode)
         teacher_ids = (teacher.run_id,)
+        if config.unlabeled is not None:
+            extra["unlabeled"] = config.unlabeled
     options = _resolved(config, spec, extra)
     if not kd_method(point.method).uses_k:  # k is dropped from the others' run ids
         options.pop("k", None)

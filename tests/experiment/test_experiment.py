@@ -981,3 +981,23 @@ def test_a_non_default_kd_schedule_labels_its_rows() -> None:
     assert schedules.count("constant") == schedules.count("reference") == 12
     assert all(label.get("kd_schedule") is None for label in labels if label["method"] == "none")
     assert len(plan.runs) == 39
+
+
+def test_unlabeled_text_reaches_kd_students_and_teacher_vocabularies(tmp_path: Path) -> None:
+    from structkd.experiment import parse_config, plan_experiment
+
+    raw = base_config(tmp_path)
+    raw["data"]["unlabeled"] = "text.txt"
+    raw["grid"] = [{"cases": ["1a"], "methods": ["none", "struct"], "seeds": [1]}]
+    plan = plan_experiment(parse_config(raw))
+    by_method = {run.options.get("method", "teacher"): run.options for run in plan.runs}
+    assert by_method["struct"]["unlabeled"] == "text.txt"
+    assert "unlabeled" not in by_method["none"]  # without KD unlabeled text teaches nothing
+    assert by_method["teacher"]["vocab_text"] == ["text.txt"]
+    plain = plan_experiment(parse_config(base_config(tmp_path)))
+    assert all("unlabeled" not in run.options for run in plain.runs)
+    dep = base_config(tmp_path)
+    dep["experiment"]["task"] = "dep"
+    dep["data"]["unlabeled"] = "text.txt"
+    with pytest.raises(ValueError, match="does not learn from unlabeled text"):
+        parse_config(dep)
