@@ -8,7 +8,7 @@ from typing import Any
 
 from structkd.data.batching import length_sorted_batches
 
-__all__ = ["sorted_batches"]
+__all__ = ["sorted_batches", "speed"]
 
 
 def sorted_batches(
@@ -23,3 +23,14 @@ def sorted_batches(
     lengths = [len(sentence) for sentence in sentences]
     for indices in length_sorted_batches(lengths, batch_size):
         yield indices, collate([(index, sentences[index]) for index in indices]).to(device)
+
+
+def speed(lengths: Sequence[int], seconds: float) -> dict[str, Any]:
+    """What an evaluation reports of its speed: ``n_sentences``, ``n_tokens`` (from the
+    sentences' ``lengths``), ``seconds`` and ``sentences_per_second``."""
+    return {
+        "n_sentences": len(lengths),
+        "n_tokens": sum(lengths),
+        "seconds": seconds,
+        "sentences_per_second": len(lengths) / seconds if seconds > 0 else float("inf"),
+    }

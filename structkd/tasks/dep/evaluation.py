@@ -15,7 +15,7 @@ from structkd.models.dep_tagger import SequenceLabelingParser
 from structkd.tasks.dep.data import DepSource, load_dep_source
 from structkd.tasks.dep.metrics import attachment_counts, attachment_scores, scored_word_mask
 from structkd.tasks.dep.model import load_dep_model, scheme_of
-from structkd.train.inference import sorted_batches
+from structkd.train.inference import sorted_batches, speed
 from structkd.train.outputs import output_stream
 
 __all__ = ["batch_counts", "evaluate_dep", "evaluate_dep_model", "predict_batch", "predict_dep"]
@@ -75,14 +75,7 @@ def evaluate_dep_model(
     seconds = time.perf_counter() - started
     model.train(was_training)
     scores = attachment_scores(counts, well_formed=well_formed, n_trees=len(source))
-    return {
-        **scores,
-        "include_punct": include_punct,
-        "n_sentences": len(source),
-        "n_tokens": sum(source.lengths),
-        "seconds": seconds,
-        "sentences_per_second": len(source) / seconds if seconds > 0 else float("inf"),
-    }
+    return {**scores, "include_punct": include_punct, **speed(source.lengths, seconds)}
 
 
 def evaluate_dep(

@@ -16,7 +16,7 @@ from structkd.tasks.ner.data import load_labeled, load_text
 from structkd.tasks.ner.features import make_collator
 from structkd.tasks.ner.metrics import seqeval_scores
 from structkd.tasks.ner.model import check_types, load_tagger
-from structkd.train.inference import sorted_batches
+from structkd.train.inference import sorted_batches, speed
 from structkd.train.outputs import output_stream
 from structkd.train.runtime import default_cache_dir
 
@@ -52,13 +52,7 @@ def evaluate_tagger(
     gold = [convert_tags(s.tags, source.scheme, "bioes") for s in sentences]
     predicted_tags = [label_indices_to_tags(row, types, "bioes") for row in predictions]
     scores = seqeval_scores(gold, predicted_tags, types)
-    return {
-        **scores,
-        "n_sentences": len(sentences),
-        "n_tokens": sum(source.lengths),
-        "seconds": seconds,
-        "sentences_per_second": len(sentences) / seconds if seconds > 0 else float("inf"),
-    }
+    return {**scores, **speed(source.lengths, seconds)}
 
 
 def evaluate(
