@@ -55,7 +55,7 @@ def evaluate(
     the model directory): NER precision, recall, F1 per type; dependency UAS, LAS
     (punctuation excluded unless ``include_punct``) and the well-formed rate; and the speed.
     ``scheme``: the tag scheme of tagged data (``auto``: detected, IOB1 with a warning; or
-    ``iob1``, ``iob2``, ``bioes``: checked), passed on to the task when not ``auto``."""
+    ``iob1``, ``iob2``, ``bioes``: checked)."""
     positive_int(batch_size, "batch_size")
     positive_int(num_threads, "num_threads", allow_none=True)
     if scheme not in ("auto", *SCHEMES):
@@ -71,7 +71,7 @@ def evaluate(
         device=device,
         max_sentences=max_sentences,
         include_punct=include_punct,
-        **({} if scheme == "auto" else {"scheme": scheme}),
+        scheme=scheme,
     )
 
 

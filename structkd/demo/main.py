@@ -208,25 +208,32 @@ def labeled_sentences(options: DemoOptions) -> int:
     return labeled_count(total, options.labeled_fraction)
 
 
+def _shared_options(options: DemoOptions) -> dict[str, Any]:
+    """The options every model of the demo is trained with (no early stopping)."""
+    return {
+        "train": options.train,
+        "dev": options.dev,
+        "test": options.test,
+        "batch_size": options.batch_size,
+        "learning_rate": options.learning_rate,
+        "seed": options.seed,
+        "patience": None,
+        "num_threads": options.num_threads,
+        "cache_dir": options.cache_directory,
+        "progress": options.progress,
+    }
+
+
 def teacher_options(options: DemoOptions) -> TrainOptions:
     """The teacher's training options: gold tags of the labeled sentences, no early stopping."""
     return TrainOptions(
-        train=options.train,
-        dev=options.dev,
-        test=options.test,
+        **_shared_options(options),
         out=os.path.join(options.out, "teacher"),
         arch=options.teacher_arch,
         arch_overrides=dict(options.teacher_overrides),
         epochs=options.teacher_epochs,
-        batch_size=options.batch_size,
-        learning_rate=options.learning_rate,
-        seed=options.seed,
-        patience=None,
         max_train_sentences=labeled_sentences(options),
         vocab_text=[options.train],  # the teacher will label the rest: its words keep GloVe vectors
-        num_threads=options.num_threads,
-        cache_dir=options.cache_directory,
-        progress=options.progress,
     )
 
 
@@ -236,21 +243,12 @@ def student_options(options: DemoOptions, method: str, teacher_dir: str) -> Dist
     else equal, so every student starts from the same initialization."""
     fraction = options.labeled_fraction
     return DistillOptions(
-        train=options.train,
-        dev=options.dev,
-        test=options.test,
+        **_shared_options(options),
         out=os.path.join(options.out, f"student-{method}"),
         arch=options.student_arch,
         arch_overrides=dict(options.student_overrides),
         epochs=options.student_epochs,
-        batch_size=options.batch_size,
-        learning_rate=options.learning_rate,
-        seed=options.seed,
-        patience=None,
         max_train_sentences=options.train_sentences,
-        num_threads=options.num_threads,
-        cache_dir=options.cache_directory,
-        progress=options.progress,
         teachers=[teacher_dir] if METHODS[method].uses_teacher else [],
         method=method,
         labeled_fraction=None if fraction == 1 else fraction,

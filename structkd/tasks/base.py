@@ -148,8 +148,11 @@ class Task(ABC):
         device: str = "cpu",
         max_sentences: int | None = None,
         include_punct: bool = False,
+        scheme: str = "auto",
     ) -> dict[str, Any]:
-        """The scores of the model in ``model_dir`` on the labeled ``data``, and its speed."""
+        """The scores of the model in ``model_dir`` on the labeled ``data``, and its speed.
+        ``include_punct`` and ``scheme`` (the tag scheme of tagged data) are options of some
+        tasks; a task refuses a value it cannot honour."""
 
     @abstractmethod
     def predict(
