@@ -6,6 +6,8 @@ directory.
     distill(DistillOptions(train=..., dev=..., out=..., teachers=["models/teacher"]))
     evaluate("models/student", "conll03-en:test")  ->  {"precision", "recall", "f1", ...}
     predict("models/student", "sentences.txt", "tagged.conll")
+    load("models/student").predict("EU rejects German call.")   ->  Document (entities, offsets)
+    export("models/student", "models/student-onnx")   # served by load() without torch
 
 Importing this module is cheap (no torch, no Lightning).
 """
@@ -19,7 +21,16 @@ from structkd.data.tag_schemes import SCHEMES
 from structkd.tasks import get_task
 from structkd.train.options import DistillOptions, TrainOptions, positive_int
 
-__all__ = ["DistillOptions", "TrainOptions", "distill", "evaluate", "predict", "train"]
+__all__ = [
+    "DistillOptions",
+    "TrainOptions",
+    "distill",
+    "evaluate",
+    "export",
+    "load",
+    "predict",
+    "train",
+]
 
 
 def train(options: TrainOptions) -> dict[str, Any]:
@@ -35,9 +46,44 @@ def distill(options: DistillOptions) -> dict[str, Any]:
 
 
 def _task_of_model(model_dir: str | os.PathLike[str]) -> Any:
+    from structkd.serve.manifest import is_exported, read_manifest
+
+    if is_exported(model_dir):
+        return get_task(read_manifest(model_dir)["task"])
     from structkd.train.checkpoint import model_task
 
     return get_task(model_task(model_dir))
+
+
+def load(
+    model_dir: str | os.PathLike[str],
+    *,
+    batch_size: int = 64,
+    num_threads: int | None = None,
+    device: str = "cpu",
+) -> Any:
+    """A predictor for the model in ``model_dir`` (any task; a trained model directory, or an
+    exported one, which is served with numpy and onnxruntime only, without importing torch):
+    ``load(dir).predict(texts)`` takes raw strings or token lists and returns
+    ``structkd.serve.results.Document``s (``structkd.serve.predictor.Predictor``).
+    ``num_threads``: the threads of the backend (``None``: its default)."""
+    positive_int(batch_size, "batch_size")
+    positive_int(num_threads, "num_threads", allow_none=True)
+    return _task_of_model(model_dir).load_predictor(
+        model_dir, batch_size=batch_size, num_threads=num_threads, device=device
+    )
+
+
+def export(
+    model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, format: str = "onnx"
+) -> dict[str, Any]:
+    """Export the model in ``model_dir`` to the directory ``out`` (``format``: ``"onnx"``) for
+    serving without torch (``load(out)``); returns the manifest written."""
+    from structkd.serve.manifest import EXPORT_FORMATS
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}; got {format!r}")
+    return _task_of_model(model_dir).export(model_dir, out, format=format)
 
 
 def evaluate(

@@ -13,6 +13,7 @@ import structkd
 PACKAGE = Path(structkd.__file__).parent
 RANK = {
     "structures": 0,
+    "serve": 1,
     "distill": 1,
     "data": 1,
     "models": 2,
@@ -24,7 +25,7 @@ RANK = {
     "cli": 8,
 }
 """A module of layer ``a`` may import one of layer ``b`` only when ``RANK[b] < RANK[a]`` or
-``a == b``; ``distill`` and ``data`` are independent of each other."""
+``a == b``; ``serve``, ``distill`` and ``data`` are independent of each other."""
 
 
 def _layer(module: str) -> str | None:

@@ -168,6 +168,43 @@ class Task(ABC):
     ) -> int:
         """Label ``input`` and write the result to ``output``; returns the sentences written."""
 
+    # -- serving ----------------------------------------------------------------------------------
+
+    output_formats: ClassVar[tuple[str, ...]] = ("json",)
+    """What ``structkd predict --format`` can write for this task (the first is the default)."""
+
+    def load_predictor(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        batch_size: int = 64,
+        num_threads: int | None = None,
+        device: str = "cpu",
+    ) -> Any:
+        """A ``structkd.serve.predictor.Predictor`` for the model in ``model_dir``: a trained
+        model directory (torch) or an exported one (``export.json``; served without torch).
+        A task without predictors refuses (``ValueError``)."""
+        raise ValueError(f"the {self.title} task has no predictor (structkd.load)")
+
+    def export(
+        self, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, format: str
+    ) -> dict[str, Any]:
+        """Export the model in ``model_dir`` to ``out`` in ``format`` (``"onnx"``); returns the
+        manifest written (``structkd.serve.manifest``). A task without export refuses."""
+        raise ValueError(f"the {self.title} task cannot export its models")
+
+    def write_documents(
+        self, stream: TextIO, documents: Any, *, format: str, scheme: str = "bioes"
+    ) -> int:
+        """Write predicted ``Document``s to ``stream`` in ``format`` (one of ``output_formats``);
+        returns the number of sentences written. The default writes JSON lines."""
+        if format != "json":
+            raise ValueError(f"{self.title} predictions can be written as json; got {format!r}")
+        from structkd.serve.results import write_json_lines
+
+        write_json_lines(stream, documents)
+        return sum(len(document.sentences) for document in documents)
+
     # -- printing ---------------------------------------------------------------------------------
 
     @abstractmethod
@@ -194,10 +231,36 @@ class ModuleTask(Task):
     ``predict(model_dir, input, output, **options)``; the options are checked here first."""
 
     commands_module: ClassVar[str]
+    serving_module: ClassVar[str]
+    """The module of the task's predictors and export, importable without torch: it defines
+    ``load_predictor(model_dir, **options)``, ``export(model_dir, out, format=...)`` and
+    ``write_documents(stream, documents, format=..., scheme=...)``."""
 
     def commands(self) -> Any:
         """The module of the task's commands."""
         return importlib.import_module(self.commands_module)
+
+    def serving(self) -> Any:
+        """The module of the task's predictors (no torch at import)."""
+        return importlib.import_module(self.serving_module)
+
+    def load_predictor(self, model_dir: str | os.PathLike[str], **options: Any) -> Any:
+        return self.serving().load_predictor(model_dir, **options)
+
+    def export(
+        self, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, format: str
+    ) -> dict[str, Any]:
+        return self.serving().export(model_dir, out, format=format)
+
+    def write_documents(
+        self, stream: TextIO, documents: Any, *, format: str, scheme: str = "bioes"
+    ) -> int:
+        if format not in self.output_formats:
+            raise ValueError(
+                f"{self.title} predictions can be written as {', '.join(self.output_formats)}; "
+                f"got {format!r}"
+            )
+        return self.serving().write_documents(stream, documents, format=format, scheme=scheme)
 
     def count_sentences(self, data: str, *, max_sentences: int | None = None) -> int:
         return self.commands().count_sentences(data, max_sentences=max_sentences)

@@ -22,6 +22,8 @@ class DepTask(ModuleTask):
 
     name = "dep"
     commands_module = "structkd.tasks.dep.commands"
+    serving_module = "structkd.tasks.dep.serving"
+    output_formats = ("conllu", "json")
     title = "dependency parsing"
     scores = ("uas", "las")
     optional_scores = ("well_formed_rate",)

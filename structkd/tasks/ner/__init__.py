@@ -21,6 +21,8 @@ class NerTask(ModuleTask):
 
     name = "ner"
     commands_module = "structkd.tasks.ner.commands"
+    serving_module = "structkd.tasks.ner.serving"
+    output_formats = ("conll", "json")
     title = "NER"
     scores = ("precision", "recall", "f1")
     primary_metric = "f1"
