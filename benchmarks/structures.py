@@ -1,18 +1,30 @@
 """Exact inference side by side: structkd against torch-struct, SuPar and pytorch-crf.
 
-Every row computes ``log Z`` and the marginals (``d log Z / d potentials``) of one batch of 32
-sentences with mixed lengths, on CPU with one thread, from the same random scores handed to each
-library in its own input format and masking convention. A timed call starts from the shared scores
-(structkd's layout) and ends with the library's marginals of the row's quantity; it includes any
-conversion of the scores a user of that library must write (e.g. folding emissions and transitions
-into torch-struct's edge potentials). Converting the marginals back to structkd's layout for the
-comparison is not timed. Agreement is checked once per row in float64 on the real (unpadded)
-entries.
+Every row is one batch of 32 sentences with mixed lengths, on CPU with one thread, with the same
+random scores handed to each library in its own input format and masking convention, and is
+measured in the two uses a distiller has:
 
-Rows (the quantity each library returns):
+* **targets from fixed scores**: the marginals of scores that do not require grad (a trained
+  teacher's outputs, turned into the student's targets). A library whose marginals are autograd
+  (torch-struct, SuPar, pytorch-crf) gets its working path: for torch-struct the potentials are
+  made to require grad inside ``torch.enable_grad()`` (its projective ``DependencyCRF`` raises on
+  potentials that do not), SuPar does that itself;
+* **teacher training**: ``log Z`` of scores that require grad, then ``log Z.sum().backward()``
+  down to the scores in structkd's layout (through each library's own conversion).
 
-* linear-chain CRF, ``N`` tokens, ``L`` tags: unary marginals ``[batch, N, L]``; pair marginals are
-  also compared where a library gives them per sentence (torch-struct);
+A timed call starts from the shared scores (structkd's layout) and ends with the library's
+marginals (targets) or with the gradients in place (training); it includes any conversion of the
+scores a user of that library must write (e.g. folding emissions and transitions into
+torch-struct's edge potentials). Converting marginals back to structkd's layout for the comparison
+is not timed. Before timing, every library runs once in float64 on the same scores: its marginals
+(targets), its ``log Z`` and its gradients (training) are compared with structkd's on the real
+(unpadded) entries, and a library that disagrees by more than ``AGREEMENT_TOLERANCE`` is not timed
+for that use (the table says why).
+
+Rows:
+
+* linear-chain CRF, ``N`` tokens, ``L`` tags: unary marginals ``[batch, N, L]`` (pair marginals
+  also compared where a library gives them per sentence: torch-struct);
 * first-order trees, ``N`` words: arc marginals ``[batch, N+1, N+1]``, projective (Eisner) and
   non-projective (matrix-tree theorem), one root or several;
 * second-order (sibling) projective trees: arc marginals;
@@ -53,10 +65,23 @@ import torch
 from torch import Tensor
 
 BATCH_SIZE = 32
-LIBRARIES = ("structkd", "torch-struct", "SuPar", "pytorch-crf")
-# A float64 result that differs from structkd's by more than this is reported as a disagreement.
+# Table columns, in this order; "torch-struct (eps=0)" is torch-struct's own matrix-tree functions
+# called with eps=0 (its NonProjectiveDependencyCRF calls them with eps=1e-5).
+LIBRARIES = ("structkd", "torch-struct", "torch-struct (eps=0)", "SuPar", "pytorch-crf")
+# A float64 result that differs from structkd's by more than this is a disagreement.
 AGREEMENT_TOLERANCE = 1e-8
+EPS32 = torch.finfo(torch.float32).eps
 SEMI_MARKOV_MAX_WIDTH = 6
+
+TARGETS = "targets"
+TRAINING = "training"
+USES = (TARGETS, TRAINING)
+USE_TITLES = {
+    TARGETS: "targets from fixed scores",
+    TRAINING: "teacher training: log Z + backward",
+}
+
+Inputs = dict[str, Tensor]
 
 # --------------------------------------------------------------------------------------------------
 # Libraries
@@ -129,7 +154,7 @@ def random_lengths(n_words: int, generator: torch.Generator) -> Tensor:
     return lengths
 
 
-def crf_inputs(n_tokens: int, n_tags: int, seed: int) -> dict[str, Tensor]:
+def crf_inputs(n_tokens: int, n_tags: int, seed: int) -> Inputs:
     """Standard normal ``emissions [batch, N, L]``, ``transitions [L, L]``, ``start, end [L]``."""
     generator = torch.Generator().manual_seed(seed)
     return {
@@ -143,7 +168,7 @@ def crf_inputs(n_tokens: int, n_tags: int, seed: int) -> dict[str, Tensor]:
     }
 
 
-def tree_inputs(n_words: int, seed: int, second_order: bool = False) -> dict[str, Tensor]:
+def tree_inputs(n_words: int, seed: int, second_order: bool = False) -> Inputs:
     """Standard normal ``arc_scores [batch, N+1, N+1]`` (and ``sibling_scores [batch, N+1]*3``)."""
     generator = torch.Generator().manual_seed(seed)
     size = n_words + 1
@@ -158,7 +183,7 @@ def tree_inputs(n_words: int, seed: int, second_order: bool = False) -> dict[str
     return inputs
 
 
-def span_inputs(n_tokens: int, n_labels: int, seed: int) -> dict[str, Tensor]:
+def span_inputs(n_tokens: int, n_labels: int, seed: int) -> Inputs:
     """Standard normal ``span_scores [batch, N, N, R]`` (entries with ``i > j`` unused)."""
     generator = torch.Generator().manual_seed(seed)
     return {
@@ -169,12 +194,26 @@ def span_inputs(n_tokens: int, n_labels: int, seed: int) -> dict[str, Tensor]:
     }
 
 
-def cast_inputs(inputs: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
-    """A fresh copy of the inputs with floating tensors in ``dtype`` (each library gets its own)."""
-    return {
-        name: value.to(dtype).clone() if value.is_floating_point() else value.clone()
-        for name, value in inputs.items()
-    }
+def cast_inputs(inputs: Inputs, dtype: torch.dtype, use: str) -> Inputs:
+    """A fresh copy of the inputs (each library gets its own) with floating tensors in ``dtype``.
+
+    For training, every floating tensor is a leaf that requires grad (an ``nn.Parameter``: the
+    teacher's scores, or for a CRF also its transition parameters); for targets none does.
+    """
+    copy = {}
+    for name, value in inputs.items():
+        if value.is_floating_point():
+            value = value.to(dtype).clone()
+            copy[name] = torch.nn.Parameter(value) if use == TRAINING else value
+        else:
+            copy[name] = value.clone()
+    return copy
+
+
+def clear_grads(inputs: Inputs) -> None:
+    for value in inputs.values():
+        if value.requires_grad:
+            value.grad = None
 
 
 def token_mask(lengths: Tensor, n_tokens: int) -> Tensor:
@@ -192,25 +231,36 @@ def arc_mask(lengths: Tensor, n_words: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Contenders: one library computing one row's marginals
+# Contenders: one library computing one row's quantities
 
 
 @dataclass
 class Contender:
-    """``run(inputs)`` is timed: shared scores -> the library's marginals (its own layout).
+    """One library (one table column) on one row.
 
-    ``to_reference(output, inputs)`` (untimed) maps them to structkd's layout, one entry per
-    compared quantity (``marginals``, and ``pair_marginals`` where a library has them per sentence).
+    ``marginals(inputs)`` (targets, timed): scores that do not require grad -> the library's
+    marginals in its own layout; ``to_reference(output, inputs)`` (untimed) maps them to
+    structkd's layout, one entry per compared quantity (``marginals``, and ``pair_marginals``
+    where a library has them per sentence; a name ``quantity:variant`` is an untimed variant of
+    the library that explains a difference). ``log_partition(inputs)`` (training, timed together
+    with ``.sum().backward()``): scores that require grad -> ``[batch]`` log Z. ``calls`` says,
+    per use, which function of the library is called.
     """
 
     library: str
-    run: Callable[[dict[str, Tensor]], Any]
-    to_reference: Callable[[Any, dict[str, Tensor]], dict[str, Tensor]]
+    marginals: Callable[[Inputs], Any] | None
+    log_partition: Callable[[Inputs], Tensor] | None
+    calls: dict[str, str]
+    to_reference: Callable[[Any, Inputs], dict[str, Tensor]] | None = None
     note: str = ""
 
+    def runs(self, use: str) -> bool:
+        return (self.marginals if use == TARGETS else self.log_partition) is not None
 
-def identity_reference(output: Any, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-    return output if isinstance(output, dict) else {"marginals": output}
+    def reference(self, output: Any, inputs: Inputs) -> dict[str, Tensor]:
+        if self.to_reference is not None:
+            return self.to_reference(output, inputs)
+        return output if isinstance(output, dict) else {"marginals": output}
 
 
 def accepts(cls: Any, name: str) -> bool:
@@ -218,6 +268,11 @@ def accepts(cls: Any, name: str) -> bool:
         return name in inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return False
+
+
+def autograd_leaf(potentials: Tensor) -> Tensor:
+    """torch-struct's marginals are autograd: its potentials must be a leaf that requires grad."""
+    return potentials.detach().requires_grad_()
 
 
 # ---- linear-chain CRF
@@ -228,48 +283,67 @@ def crf_contenders(libraries: Libraries) -> list[Contender]:
     structkd_crf = libraries.get("structkd.LinearChainCRF")
     if structkd_crf is not None:
 
-        def run_structkd(inputs: dict[str, Tensor]) -> Tensor:
+        def structkd_model(inputs: Inputs) -> Any:
             return structkd_crf(
                 emissions=inputs["emissions"],
                 transitions=inputs["transitions"],
                 start=inputs["start"],
                 end=inputs["end"],
                 lengths=inputs["lengths"],
-            ).marginals
-
-        def structkd_reference(output: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-            crf = structkd_crf(
-                emissions=inputs["emissions"],
-                transitions=inputs["transitions"],
-                start=inputs["start"],
-                end=inputs["end"],
-                lengths=inputs["lengths"],
             )
-            return {"marginals": output, "pair_marginals": crf.pair_marginals}
 
-        contenders.append(Contender("structkd", run_structkd, structkd_reference))
+        def structkd_reference(output: Tensor, inputs: Inputs) -> dict[str, Tensor]:
+            return {"marginals": output, "pair_marginals": structkd_model(inputs).pair_marginals}
+
+        contenders.append(
+            Contender(
+                "structkd",
+                lambda inputs: structkd_model(inputs).marginals,
+                lambda inputs: structkd_model(inputs).log_partition,
+                {
+                    TARGETS: "`LinearChainCRF(emissions, transitions, start, end, "
+                    "lengths=...).marginals`",
+                    TRAINING: "`LinearChainCRF(...).log_partition`",
+                },
+                structkd_reference,
+            )
+        )
 
     torch_struct = libraries.get("torch-struct")
     if torch_struct is not None:
 
-        def run_torch_struct(inputs: dict[str, Tensor]) -> Tensor:
+        def torch_struct_edges(inputs: Inputs) -> Tensor:
             # edges[b, n, c, p]: score of tags (p at n, c at n + 1), every factor folded in once.
             emissions, lengths = inputs["emissions"], inputs["lengths"]
             n_tokens = emissions.shape[1]
             edges = inputs["transitions"].t() + emissions[:, 1:].unsqueeze(-1)
             edges[:, 0] += (inputs["start"] + emissions[:, 0]).unsqueeze(-2)
             last_edge = torch.nn.functional.one_hot(lengths - 2, n_tokens - 1).to(emissions.dtype)
-            edges = edges + last_edge[..., None, None] * inputs["end"][:, None]
-            pair = torch_struct.LinearChainCRF(edges, lengths=lengths).marginals
+            return edges + last_edge[..., None, None] * inputs["end"][:, None]
+
+        def torch_struct_marginals(inputs: Inputs) -> dict[str, Tensor]:
+            with torch.enable_grad():
+                edges = autograd_leaf(torch_struct_edges(inputs))
+                pair = torch_struct.LinearChainCRF(edges, lengths=inputs["lengths"]).marginals
+            pair = pair.detach()
             unary = torch.cat((pair[:, :1].sum(-2), pair.sum(-1)), dim=1)
             return {"marginals": unary, "pair_marginals": pair.transpose(-1, -2)}
 
         contenders.append(
             Contender(
                 "torch-struct",
-                run_torch_struct,
-                identity_reference,
-                "emissions, transitions, start and end folded into [B, N-1, L, L] edges; "
+                torch_struct_marginals,
+                lambda inputs: (
+                    torch_struct.LinearChainCRF(
+                        torch_struct_edges(inputs), lengths=inputs["lengths"]
+                    ).partition
+                ),
+                {
+                    TARGETS: "`LinearChainCRF(edges, lengths=...).marginals` (pair marginals; "
+                    "unary = their sums)",
+                    TRAINING: "`LinearChainCRF(edges, lengths=...).partition`",
+                },
+                note="emissions, transitions, start and end folded into [B, N-1, L, L] edges; "
                 "needs lengths >= 2",
             )
         )
@@ -277,50 +351,84 @@ def crf_contenders(libraries: Libraries) -> list[Contender]:
     supar = libraries.get("SuPar")
     if supar is not None:
 
-        def run_supar(inputs: dict[str, Tensor]) -> Tensor:
+        def supar_trans(inputs: Inputs) -> Tensor:
             n_tags = inputs["transitions"].shape[0]
             trans = inputs["transitions"].new_zeros(n_tags + 1, n_tags + 1)
             trans[:-1, :-1] = inputs["transitions"]
             trans[-1, :-1] = inputs["start"]
             trans[:-1, -1] = inputs["end"]
-            return supar.LinearChainCRF(inputs["emissions"], trans, inputs["lengths"]).marginals
+            return trans
 
-        contenders.append(Contender("SuPar", run_supar, identity_reference))
+        def supar_marginals(inputs: Inputs) -> Tensor:
+            # SuPar sets requires_grad on the scores it is given: hand it an alias.
+            emissions = inputs["emissions"].detach()
+            crf = supar.LinearChainCRF(emissions, supar_trans(inputs), inputs["lengths"])
+            return crf.marginals.detach()
+
+        contenders.append(
+            Contender(
+                "SuPar",
+                supar_marginals,
+                lambda inputs: (
+                    supar.LinearChainCRF(
+                        inputs["emissions"], supar_trans(inputs), inputs["lengths"]
+                    ).log_partition
+                ),
+                {
+                    TARGETS: "`LinearChainCRF(emissions, trans, lens).marginals`",
+                    TRAINING: "`LinearChainCRF(emissions, trans, lens).log_partition`",
+                },
+                note="start and end held in `trans [L+1, L+1]`",
+            )
+        )
 
     torchcrf = libraries.get("pytorch-crf")
     if torchcrf is not None:
         # id(transitions) -> (transitions, layer): holding the tensor keeps its id from reuse.
         layers: dict[int, tuple[Tensor, Any]] = {}
 
-        def crf_layer(inputs: dict[str, Tensor]) -> Any:
-            # The layer's parameters are set once per input set: a user has them in the model.
+        def crf_layer(inputs: Inputs) -> Any:
+            # Set up once per input set: a user has the layer in the model.
             key = id(inputs["transitions"])
             if key not in layers:
                 layer = torchcrf.CRF(inputs["transitions"].shape[0], batch_first=True)
                 layer = layer.to(inputs["emissions"].dtype)
-                with torch.no_grad():
-                    layer.transitions.copy_(inputs["transitions"])
-                    layer.start_transitions.copy_(inputs["start"])
-                    layer.end_transitions.copy_(inputs["end"])
-                layer.requires_grad_(False)
+                if inputs["transitions"].requires_grad:
+                    # Training: the layer's parameters are the shared (leaf) scores themselves.
+                    layer.transitions = inputs["transitions"]
+                    layer.start_transitions = inputs["start"]
+                    layer.end_transitions = inputs["end"]
+                else:
+                    with torch.no_grad():
+                        layer.transitions.copy_(inputs["transitions"])
+                        layer.start_transitions.copy_(inputs["start"])
+                        layer.end_transitions.copy_(inputs["end"])
+                    layer.requires_grad_(False)
                 layers[key] = (inputs["transitions"], layer)
             return layers[key][1]
 
-        def run_pytorch_crf(inputs: dict[str, Tensor]) -> Tensor:
-            layer = crf_layer(inputs)
-            emissions = inputs["emissions"].detach().requires_grad_()
+        def pytorch_crf_log_z(inputs: Inputs, emissions: Tensor) -> Tensor:
             mask = token_mask(inputs["lengths"], emissions.shape[1])
-            # Its log-partition is private: unary marginals are its gradient w.r.t. the emissions.
-            log_z = layer._compute_normalizer(emissions.transpose(0, 1), mask.t())
+            return crf_layer(inputs)._compute_normalizer(emissions.transpose(0, 1), mask.t())
+
+        def pytorch_crf_marginals(inputs: Inputs) -> Tensor:
+            emissions = inputs["emissions"].detach().requires_grad_()
+            with torch.enable_grad():
+                log_z = pytorch_crf_log_z(inputs, emissions)
             (marginals,) = torch.autograd.grad(log_z.sum(), emissions)
             return marginals
 
         contenders.append(
             Contender(
                 "pytorch-crf",
-                run_pytorch_crf,
-                identity_reference,
-                "no marginals API: autograd of the private _compute_normalizer",
+                pytorch_crf_marginals,
+                lambda inputs: pytorch_crf_log_z(inputs, inputs["emissions"]),
+                {
+                    TARGETS: "`torch.autograd.grad` of `CRF._compute_normalizer` w.r.t. the "
+                    "emissions (no marginals API)",
+                    TRAINING: "`CRF._compute_normalizer` (private; its public `CRF.forward` is "
+                    "the log-likelihood, which adds the gold score to this)",
+                },
             )
         )
     return contenders
@@ -355,69 +463,150 @@ def tree_contenders(libraries: Libraries, projective: bool, multiroot: bool) -> 
     structkd_tree = libraries.get("structkd.DependencyCRF")
     if structkd_tree is not None:
 
-        def run_structkd(inputs: dict[str, Tensor]) -> Tensor:
+        def structkd_model(inputs: Inputs) -> Any:
             return structkd_tree(
                 arc_scores=inputs["arc_scores"],
                 lengths=inputs["lengths"],
                 projective=projective,
                 multiroot=multiroot,
-            ).marginals
+            )
 
-        contenders.append(Contender("structkd", run_structkd, identity_reference))
+        contenders.append(
+            Contender(
+                "structkd",
+                lambda inputs: structkd_model(inputs).marginals,
+                lambda inputs: structkd_model(inputs).log_partition,
+                {
+                    TARGETS: f"`DependencyCRF(arc_scores, lengths, projective={projective}, "
+                    "multiroot=...).marginals`",
+                    TRAINING: "`DependencyCRF(...).log_partition`",
+                },
+            )
+        )
 
     torch_struct = libraries.get("torch-struct")
     if torch_struct is not None:
+        to_row = lambda output, inputs: {"marginals": root_to_row(output)}  # noqa: E731
         if projective:
 
-            def run_torch_struct(inputs: dict[str, Tensor]) -> Tensor:
-                potentials = root_on_diagonal(inputs["arc_scores"])
-                # multiroot is passed every time: torch-struct stores it on the class.
-                return torch_struct.DependencyCRF(
-                    potentials, lengths=inputs["lengths"], multiroot=multiroot
-                ).marginals
+            def torch_struct_marginals(inputs: Inputs) -> Tensor:
+                with torch.enable_grad():
+                    potentials = autograd_leaf(root_on_diagonal(inputs["arc_scores"]))
+                    # multiroot is passed every time: torch-struct stores it on the class.
+                    marginals = torch_struct.DependencyCRF(
+                        potentials, lengths=inputs["lengths"], multiroot=multiroot
+                    ).marginals
+                return marginals.detach()
 
-            note = "root arcs moved to the diagonal"
-        else:
-
-            def run_torch_struct(inputs: dict[str, Tensor]) -> Tensor:
-                potentials = root_on_diagonal(inputs["arc_scores"])
-                return torch_struct.NonProjectiveDependencyCRF(
-                    potentials, lengths=inputs["lengths"], multiroot=multiroot
-                ).marginals
-
-            note = (
-                "adds eps=1e-5 to every exp(score), padded entries included: a bias of about "
-                "1e-5 on the marginals; `eps=0` is its same matrix-tree code "
-                "(`torch_struct.deptree.deptree_nonproj(..., eps=0)`, untimed), which agrees; "
-                "no max-shift before exp"
-            )
-
-        def torch_struct_reference(output: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-            reference = {"marginals": root_to_row(output)}
-            if not projective:
-                unbiased = torch_struct.deptree.deptree_nonproj(
-                    root_on_diagonal(inputs["arc_scores"]), multiroot, inputs["lengths"], eps=0.0
+            contenders.append(
+                Contender(
+                    "torch-struct",
+                    torch_struct_marginals,
+                    lambda inputs: (
+                        torch_struct.DependencyCRF(
+                            root_on_diagonal(inputs["arc_scores"]),
+                            lengths=inputs["lengths"],
+                            multiroot=multiroot,
+                        ).partition
+                    ),
+                    {
+                        TARGETS: "`DependencyCRF(potentials, lengths=..., multiroot=...)"
+                        ".marginals`, the potentials requiring grad, in `torch.enable_grad()`",
+                        TRAINING: "`DependencyCRF(potentials, lengths=..., multiroot=...)"
+                        ".partition`",
+                    },
+                    to_row,
+                    "root arcs moved to the diagonal. Its marginals are autograd. On "
+                    "potentials that do not require grad its copy of them is a leaf, which it "
+                    "sets to require grad and then fills at the padding in place through a "
+                    "view: torch 2.13 raises `RuntimeError: a view of a leaf Variable that "
+                    "requires grad is being used in an in-place operation` (pytorch-struct "
+                    "issue #104, after its 0.5 release, the last on PyPI). On potentials that "
+                    "already require grad, as here and as a teacher's scores in training, the "
+                    "copy is not a leaf and it runs",
                 )
-                reference["marginals:eps=0"] = root_to_row(unbiased)
-            return reference
-
-        contenders.append(Contender("torch-struct", run_torch_struct, torch_struct_reference, note))
+            )
+        else:
+            contenders.append(
+                Contender(
+                    "torch-struct",
+                    lambda inputs: (
+                        torch_struct.NonProjectiveDependencyCRF(
+                            root_on_diagonal(inputs["arc_scores"]),
+                            lengths=inputs["lengths"],
+                            multiroot=multiroot,
+                        ).marginals
+                    ),
+                    lambda inputs: (
+                        torch_struct.NonProjectiveDependencyCRF(
+                            root_on_diagonal(inputs["arc_scores"]),
+                            lengths=inputs["lengths"],
+                            multiroot=multiroot,
+                        ).partition
+                    ),
+                    {
+                        TARGETS: "`NonProjectiveDependencyCRF(potentials, lengths=..., "
+                        "multiroot=...).marginals`",
+                        TRAINING: "`NonProjectiveDependencyCRF(...).partition`",
+                    },
+                    to_row,
+                    "root arcs moved to the diagonal; the class adds eps=1e-5 to every "
+                    "exp(score), padded entries included (`deptree_nonproj` / `deptree_part` "
+                    "with their default eps)",
+                )
+            )
+            contenders.append(
+                Contender(
+                    "torch-struct (eps=0)",
+                    lambda inputs: torch_struct.deptree_nonproj(
+                        root_on_diagonal(inputs["arc_scores"]),
+                        multiroot,
+                        inputs["lengths"],
+                        eps=0.0,
+                    ),
+                    lambda inputs: torch_struct.deptree_part(
+                        root_on_diagonal(inputs["arc_scores"]),
+                        multiroot,
+                        inputs["lengths"],
+                        eps=0.0,
+                    ),
+                    {
+                        TARGETS: "`torch_struct.deptree_nonproj(potentials, multiroot, lengths, "
+                        "eps=0)`",
+                        TRAINING: "`torch_struct.deptree_part(potentials, multiroot, lengths, "
+                        "eps=0)`",
+                    },
+                    to_row,
+                    "the matrix-tree functions that torch-struct's NonProjectiveDependencyCRF "
+                    "calls, with eps=0 instead of its 1e-5",
+                )
+            )
 
     supar = libraries.get("SuPar")
     if supar is not None:
         supar_class = supar.DependencyCRF if projective else supar.MatrixTree
+        name = supar_class.__name__
 
-        def run_supar(inputs: dict[str, Tensor]) -> Tensor:
-            # SuPar scores are [batch, dependent, head].
-            scores = inputs["arc_scores"].transpose(1, 2)
-            return supar_class(scores, inputs["lengths"], multiroot=multiroot).marginals
+        def supar_marginals(inputs: Inputs) -> Tensor:
+            # SuPar scores are [batch, dependent, head]; it sets requires_grad on them (alias).
+            scores = inputs["arc_scores"].detach().transpose(1, 2)
+            return supar_class(scores, inputs["lengths"], multiroot=multiroot).marginals.detach()
 
         contenders.append(
             Contender(
                 "SuPar",
-                run_supar,
+                supar_marginals,
+                lambda inputs: (
+                    supar_class(
+                        inputs["arc_scores"].transpose(1, 2), inputs["lengths"], multiroot=multiroot
+                    ).log_partition
+                ),
+                {
+                    TARGETS: f"`{name}(scores, lens, multiroot=...).marginals`",
+                    TRAINING: f"`{name}(scores, lens, multiroot=...).log_partition`",
+                },
                 lambda output, inputs: {"marginals": output.transpose(1, 2)},
-                "" if projective else "exp() without max-shift, determinant in float64",
+                "scores as [dependent, head]",
             )
         )
     return contenders
@@ -429,32 +618,55 @@ def second_order_contenders(libraries: Libraries, multiroot: bool) -> list[Conte
     if structkd_2o is not None:
         options = {"multiroot": multiroot} if accepts(structkd_2o, "multiroot") else {}
 
-        def run_structkd(inputs: dict[str, Tensor]) -> Tensor:
+        def structkd_model(inputs: Inputs) -> Any:
             return structkd_2o(
                 arc_scores=inputs["arc_scores"],
                 sibling_scores=inputs["sibling_scores"],
                 lengths=inputs["lengths"],
                 **options,
-            ).marginals
+            )
 
-        contenders.append(Contender("structkd", run_structkd, identity_reference))
+        contenders.append(
+            Contender(
+                "structkd",
+                lambda inputs: structkd_model(inputs).marginals,
+                lambda inputs: structkd_model(inputs).log_partition,
+                {
+                    TARGETS: "`Dependency2oCRF(arc_scores, sibling_scores, lengths, "
+                    "multiroot=...).marginals`",
+                    TRAINING: "`Dependency2oCRF(...).log_partition`",
+                },
+            )
+        )
 
     supar = libraries.get("SuPar")
     if supar is not None:
 
-        def run_supar(inputs: dict[str, Tensor]) -> Tensor:
+        def supar_scores(inputs: Inputs) -> tuple[Tensor, Tensor]:
             # SuPar: arcs [batch, dependent, head], siblings [batch, dependent, head, sibling].
-            scores = (
-                inputs["arc_scores"].transpose(1, 2),
-                inputs["sibling_scores"].transpose(1, 2),
-            )
-            return supar.Dependency2oCRF(scores, inputs["lengths"], multiroot=multiroot).marginals
+            return inputs["arc_scores"].transpose(1, 2), inputs["sibling_scores"].transpose(1, 2)
+
+        def supar_marginals(inputs: Inputs) -> Tensor:
+            scores = tuple(score.detach() for score in supar_scores(inputs))
+            crf = supar.Dependency2oCRF(scores, inputs["lengths"], multiroot=multiroot)
+            return crf.marginals.detach()
 
         contenders.append(
             Contender(
                 "SuPar",
-                run_supar,
+                supar_marginals,
+                lambda inputs: (
+                    supar.Dependency2oCRF(
+                        supar_scores(inputs), inputs["lengths"], multiroot=multiroot
+                    ).log_partition
+                ),
+                {
+                    TARGETS: "`Dependency2oCRF((arcs, siblings), lens, multiroot=...).marginals`",
+                    TRAINING: "`Dependency2oCRF((arcs, siblings), lens, multiroot=...)"
+                    ".log_partition`",
+                },
                 lambda output, inputs: {"marginals": output.transpose(1, 2)},
+                "siblings as [dependent, head, sibling]",
             )
         )
     return contenders
@@ -486,56 +698,18 @@ def spans_to_bioes(span_marginals: Tensor, n_labels: int) -> Tensor:
     return bioes
 
 
-def semi_markov_contenders(libraries: Libraries, max_width: int | None) -> list[Contender]:
-    contenders = []
-    structkd_spans = libraries.get("structkd.SemiMarkovSpans")
-    if structkd_spans is not None:
+def torch_struct_span_edges(
+    inputs: Inputs, max_width: int, own_lengths: bool
+) -> tuple[Tensor, Tensor | None]:
+    """torch-struct ``SemiMarkovCRF`` edges ``[batch, N, W+1, 1+R, 1+R]`` and its ``lengths=``.
 
-        def run_structkd(inputs: dict[str, Tensor]) -> Tensor:
-            return structkd_spans(
-                span_scores=inputs["span_scores"], lengths=inputs["lengths"], max_width=max_width
-            ).bioes_marginals
-
-        contenders.append(Contender("structkd", run_structkd, identity_reference))
-
-    torch_struct = libraries.get("torch-struct")
-    if torch_struct is not None and max_width is not None:
-
-        def run_torch_struct(inputs: dict[str, Tensor]) -> Tensor:
-            return torch_struct_bioes(torch_struct, inputs, max_width, own_lengths=False)
-
-        def torch_struct_reference(output: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-            native = torch_struct_bioes(torch_struct, inputs, max_width, own_lengths=True)
-            return {"marginals": output, "marginals:its lengths=": native}
-
-        contenders.append(
-            Contender(
-                "torch-struct",
-                run_torch_struct,
-                torch_struct_reference,
-                f"span scores laid out as [B, N, {max_width + 1}, 1+R, 1+R] edges (O = label 0, "
-                "width 1; one dummy position after the sentence); BIOES summed from its span "
-                "marginals. Its own `lengths=` masking gives wrong marginals for every sentence "
-                "longer than the shortest of the batch (a segment may only continue up to "
-                "min(lengths)): shown untimed as `its lengths=`; the timed call writes the "
-                "sentence ends into the potentials instead (same cost)",
-            )
-        )
-    return contenders
-
-
-def torch_struct_bioes(
-    torch_struct: Any, inputs: dict[str, Tensor], max_width: int, own_lengths: bool
-) -> Tensor:
-    """BIOES marginals ``[batch, N, 1+4R]`` from torch-struct's ``SemiMarkovCRF``.
-
-    Its edges ``[batch, N, W+1, 1+R, 1+R]`` ``[b, n, k, c_next, c]`` score a segment of label ``c``
-    and width ``k`` starting at ``n``, followed by a segment of label ``c_next``; label 0 is O
-    (width 1, score 0). A sentence of ``n`` tokens is ``n + 1`` positions: the last only carries
-    the label of the segment after the sentence, pinned to O so that it does not multiply ``Z``.
-    With ``own_lengths`` the sentence ends go to torch-struct's ``lengths=``; otherwise (correct)
-    they are written into the potentials: from position ``length`` on, only O segments of width 1
-    scoring 0 are allowed, and every sentence spans the whole padded length.
+    ``edges[b, n, k, c_next, c]`` scores a segment of label ``c`` and width ``k`` starting at
+    ``n``, followed by a segment of label ``c_next``; label 0 is O (width 1, score 0). A sentence of
+    ``n`` tokens is ``n + 1`` positions: the last only carries the label of the segment after the
+    sentence, pinned to O so that it does not multiply ``Z``. With ``own_lengths`` the sentence
+    ends go to torch-struct's ``lengths=``; otherwise (correct) they are written into the
+    potentials: from position ``length`` on, only O segments of width 1 scoring 0 are allowed, and
+    every sentence spans the whole padded length (``lengths=None``).
     """
     span_scores, lengths = inputs["span_scores"], inputs["lengths"]
     batch, n_tokens, _, n_labels = span_scores.shape
@@ -553,14 +727,79 @@ def torch_struct_bioes(
     edges[..., 1:, :].masked_fill_(beyond >= 0, forbidden)
     if own_lengths:
         edges.masked_fill_(beyond > 0, forbidden)
-        marginals = torch_struct.SemiMarkovCRF(edges, lengths=lengths + 1).marginals
-    else:
-        after = (torch.arange(n_tokens) >= lengths.unsqueeze(-1))[..., None, None, None]
-        edges.masked_fill_((beyond > 0) | after, forbidden)
-        edges[:, :, 1, 0, 0].masked_fill_(after[..., 0, 0, 0], 0.0)
-        marginals = torch_struct.SemiMarkovCRF(edges).marginals
-    bioes = spans_to_bioes(marginals.sum(-2), n_labels)
-    return bioes * token_mask(lengths, n_tokens).unsqueeze(-1)
+        return edges, lengths + 1
+    after = (torch.arange(n_tokens) >= lengths.unsqueeze(-1))[..., None, None, None]
+    edges.masked_fill_((beyond > 0) | after, forbidden)
+    edges[:, :, 1, 0, 0].masked_fill_(after[..., 0, 0, 0], 0.0)
+    return edges, None
+
+
+def torch_struct_bioes(
+    torch_struct: Any, inputs: Inputs, max_width: int, own_lengths: bool
+) -> Tensor:
+    """BIOES marginals ``[batch, N, 1+4R]`` from torch-struct's ``SemiMarkovCRF``."""
+    lengths = inputs["lengths"]
+    n_labels = inputs["span_scores"].shape[-1]
+    with torch.enable_grad():
+        edges, its_lengths = torch_struct_span_edges(inputs, max_width, own_lengths)
+        marginals = torch_struct.SemiMarkovCRF(autograd_leaf(edges), lengths=its_lengths).marginals
+    bioes = spans_to_bioes(marginals.detach().sum(-2), n_labels)
+    return bioes * token_mask(lengths, bioes.shape[1]).unsqueeze(-1)
+
+
+def semi_markov_contenders(libraries: Libraries, max_width: int | None) -> list[Contender]:
+    contenders = []
+    structkd_spans = libraries.get("structkd.SemiMarkovSpans")
+    if structkd_spans is not None:
+
+        def structkd_model(inputs: Inputs) -> Any:
+            return structkd_spans(
+                span_scores=inputs["span_scores"], lengths=inputs["lengths"], max_width=max_width
+            )
+
+        contenders.append(
+            Contender(
+                "structkd",
+                lambda inputs: structkd_model(inputs).bioes_marginals,
+                lambda inputs: structkd_model(inputs).log_partition,
+                {
+                    TARGETS: "`SemiMarkovSpans(span_scores, lengths, max_width).bioes_marginals`",
+                    TRAINING: "`SemiMarkovSpans(...).log_partition`",
+                },
+            )
+        )
+
+    torch_struct = libraries.get("torch-struct")
+    if torch_struct is not None and max_width is not None:
+
+        def torch_struct_reference(output: Tensor, inputs: Inputs) -> dict[str, Tensor]:
+            native = torch_struct_bioes(torch_struct, inputs, max_width, own_lengths=True)
+            return {"marginals": output, "marginals:its lengths=": native}
+
+        def torch_struct_log_z(inputs: Inputs) -> Tensor:
+            edges, its_lengths = torch_struct_span_edges(inputs, max_width, own_lengths=False)
+            return torch_struct.SemiMarkovCRF(edges, lengths=its_lengths).partition
+
+        contenders.append(
+            Contender(
+                "torch-struct",
+                lambda inputs: torch_struct_bioes(torch_struct, inputs, max_width, False),
+                torch_struct_log_z,
+                {
+                    TARGETS: "`SemiMarkovCRF(edges).marginals`, the edges requiring grad, in "
+                    "`torch.enable_grad()`; BIOES summed from its segment marginals",
+                    TRAINING: "`SemiMarkovCRF(edges).partition`",
+                },
+                torch_struct_reference,
+                f"span scores laid out as [B, N, {max_width + 1}, 1+R, 1+R] edges (O = label 0, "
+                "width 1; one dummy position after the sentence), the sentence ends written into "
+                "the potentials. Its own `lengths=` masking, shown untimed as `its lengths=`, "
+                "disagrees; from its code, a segment may only continue up to the shortest "
+                "length of the batch (`end = torch.min(lengths) - 1` in "
+                "`SemiMarkov.logpartition`)",
+            )
+        )
+    return contenders
 
 
 # --------------------------------------------------------------------------------------------------
@@ -571,29 +810,48 @@ def torch_struct_bioes(
 class Row:
     group: str
     name: str
-    make_inputs: Callable[[], dict[str, Tensor]]
+    quantity: str  # what the targets use returns, e.g. "arc marginals"
+    make_inputs: Callable[[], Inputs]
     contenders: list[Contender]
-    valid_mask: Callable[[dict[str, Tensor]], dict[str, Tensor]]
+    # quantity ("marginals", "grad arc_scores", ...) -> True on the real entries (all if absent)
+    valid_mask: Callable[[Inputs], dict[str, Tensor]]
     note: str = ""
     quick: bool = False
 
 
-def crf_mask(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+def crf_mask(inputs: Inputs) -> dict[str, Tensor]:
     lengths = inputs["lengths"]
     n_tokens, n_tags = inputs["emissions"].shape[1:]
     tokens = token_mask(lengths, n_tokens).unsqueeze(-1).expand(-1, -1, n_tags)
     pairs = token_mask(lengths - 1, n_tokens - 1)[..., None, None].expand(-1, -1, n_tags, n_tags)
-    return {"marginals": tokens, "pair_marginals": pairs}
+    return {"marginals": tokens, "pair_marginals": pairs, "grad emissions": tokens}
 
 
-def tree_mask(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {"marginals": arc_mask(inputs["lengths"], inputs["arc_scores"].shape[1] - 1)}
+def tree_mask(inputs: Inputs) -> dict[str, Tensor]:
+    arcs = arc_mask(inputs["lengths"], inputs["arc_scores"].shape[1] - 1)
+    masks = {"marginals": arcs, "grad arc_scores": arcs}
+    if "sibling_scores" in inputs:
+        inside = torch.arange(arcs.shape[1]) <= inputs["lengths"].unsqueeze(-1)
+        masks["grad sibling_scores"] = (
+            inside[:, :, None, None] & inside[:, None, :, None] & inside[:, None, None, :]
+        )
+    return masks
 
 
-def bioes_mask(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-    n_tokens, _, n_labels = inputs["span_scores"].shape[1:]
-    tokens = token_mask(inputs["lengths"], n_tokens)
-    return {"marginals": tokens.unsqueeze(-1).expand(-1, -1, 1 + 4 * n_labels)}
+def span_mask(max_width: int | None) -> Callable[[Inputs], dict[str, Tensor]]:
+    def masks(inputs: Inputs) -> dict[str, Tensor]:
+        n_tokens, _, n_labels = inputs["span_scores"].shape[1:]
+        tokens = token_mask(inputs["lengths"], n_tokens)
+        positions = torch.arange(n_tokens)
+        start, end = positions.view(-1, 1), positions.view(1, -1)
+        shape_ok = (start <= end) & (end - start < (max_width or n_tokens))
+        spans = shape_ok & (end < inputs["lengths"].view(-1, 1, 1))
+        return {
+            "marginals": tokens.unsqueeze(-1).expand(-1, -1, 1 + 4 * n_labels),
+            "grad span_scores": spans.unsqueeze(-1).expand(-1, -1, -1, n_labels),
+        }
+
+    return masks
 
 
 def build_rows(libraries: Libraries) -> list[Row]:
@@ -604,8 +862,9 @@ def build_rows(libraries: Libraries) -> list[Row]:
             seed += 1
             rows.append(
                 Row(
-                    "Linear-chain CRF: log Z + unary marginals",
+                    "Linear-chain CRF",
                     f"N={n_tokens}, L={n_tags}",
+                    "unary marginals",
                     lambda n=n_tokens, tags=n_tags, s=seed: crf_inputs(n, tags, s),
                     crf_contenders(libraries),
                     crf_mask,
@@ -621,8 +880,9 @@ def build_rows(libraries: Libraries) -> list[Row]:
                 seed += 1
                 rows.append(
                     Row(
-                        f"First-order trees, {title}: log Z + arc marginals",
+                        f"First-order trees, {title}",
                         f"N={n_words}, {'multi-root' if multiroot else 'single root'}",
+                        "arc marginals",
                         lambda n=n_words, s=seed: tree_inputs(n, s),
                         tree_contenders(libraries, projective, multiroot),
                         tree_mask,
@@ -634,8 +894,9 @@ def build_rows(libraries: Libraries) -> list[Row]:
             seed += 1
             rows.append(
                 Row(
-                    "Second-order (sibling) projective trees: log Z + arc marginals",
+                    "Second-order (sibling) projective trees",
                     f"N={n_words}, {'multi-root' if multiroot else 'single root'}",
+                    "arc marginals",
                     lambda n=n_words, s=seed: tree_inputs(n, s, second_order=True),
                     second_order_contenders(libraries, multiroot),
                     tree_mask,
@@ -646,15 +907,17 @@ def build_rows(libraries: Libraries) -> list[Row]:
         seed += 1
         rows.append(
             Row(
-                "Semi-Markov spans: log Z + BIOES marginals",
+                "Semi-Markov spans",
                 f"N=40, R=4, W={max_width or 'N (any width)'}",
+                "BIOES marginals",
                 lambda s=seed: span_inputs(40, 4, s),
                 semi_markov_contenders(libraries, max_width),
-                bioes_mask,
+                span_mask(max_width),
                 note=""
                 if max_width
-                else "structkd only: torch-struct's scan at W=N would broadcast about 8e9 "
-                "elements in its first step (its state is width x label = 200 wide), not run",
+                else "structkd only; torch-struct not run: from its code, the first step of "
+                "its scan at W=N broadcasts 32 x 32 x 200^3, about 8e9 elements (its state is "
+                "width x label = 200 wide; 33 GB in float32, more than this machine's memory)",
                 quick=max_width is not None,
             )
         )
@@ -682,12 +945,20 @@ class Timing:
 
 
 @dataclass
-class RowResult:
-    row: Row
+class UseResult:
     timings: dict[str, Timing] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     differences: dict[str, dict[str, float]] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    # library -> quantity -> tolerance, for a quantity it returns in float32 from float64 scores
+    float32_results: dict[str, dict[str, float]] = field(default_factory=dict)
     reference: str = ""
+
+
+@dataclass
+class RowResult:
+    row: Row
+    uses: dict[str, UseResult] = field(default_factory=dict)
 
 
 SLOW_CALL_S = 2.0
@@ -695,17 +966,27 @@ SLOW_REPEATS = 5
 VERY_SLOW_CALL_S = 10.0
 
 
+def call(contender: Contender, use: str, inputs: Inputs) -> Any:
+    """One use of one library: marginals (targets), or ``log Z`` after its backward (training)."""
+    if use == TARGETS:
+        return contender.marginals(inputs)
+    log_z = contender.log_partition(inputs)
+    log_z.sum().backward()
+    return log_z.detach()
+
+
 def check_finite(output: Tensor | dict[str, Tensor]) -> None:
     """Raise if a float32 result holds NaN or infinity (its row then shows it as failed)."""
-    for name, value in (output if isinstance(output, dict) else {"marginals": output}).items():
+    for name, value in (output if isinstance(output, dict) else {"result": output}).items():
         if not torch.isfinite(value).all():
             raise FloatingPointError(f"float32 {name} holds NaN or inf")
 
 
 def time_row(
     contenders: list[Contender],
-    inputs: dict[str, Tensor],
-    result: RowResult,
+    use: str,
+    inputs: Inputs,
+    result: UseResult,
     *,
     warmup: int,
     min_repeats: int,
@@ -718,17 +999,18 @@ def time_row(
     ``max_repeats``. A contender whose warm-up call takes over ``SLOW_CALL_S`` is timed
     ``SLOW_REPEATS`` times only (the others go on), and one over ``VERY_SLOW_CALL_S`` keeps its
     warm-up call as its single sample (warm-up effects are negligible at that scale), so that one
-    slow library cannot take the whole run.
+    slow library cannot take the whole run. Gradients are cleared before each call, untimed.
     """
     live = []
     own_inputs = {}
     quota = {}
     for contender in contenders:
-        own_inputs[contender.library] = cast_inputs(inputs, torch.float32)
+        own = own_inputs[contender.library] = cast_inputs(inputs, torch.float32, use)
         try:
             for attempt in range(warmup):
+                clear_grads(own)
                 tick = time.perf_counter()
-                output = contender.run(own_inputs[contender.library])
+                output = call(contender, use, own)
                 elapsed = time.perf_counter() - tick
                 if attempt == 0:
                     check_finite(output)
@@ -753,28 +1035,43 @@ def time_row(
             break
         shift = repeat % len(live)
         for contender in live[shift:] + live[:shift]:
+            own = own_inputs[contender.library]
+            clear_grads(own)
             tick = time.perf_counter()
-            contender.run(own_inputs[contender.library])
+            call(contender, use, own)
             seconds[contender.library].append(time.perf_counter() - tick)
         live = [c for c in live if len(seconds[c.library]) < quota[c.library]]
         repeat += 1
     result.timings.update({library: Timing(values) for library, values in seconds.items()})
 
 
+def float64_outputs(contender: Contender, use: str, inputs: Inputs) -> dict[str, Tensor]:
+    """The compared quantities of one library in float64, in structkd's layout."""
+    own = cast_inputs(inputs, torch.float64, use)
+    output = call(contender, use, own)
+    if use == TARGETS:
+        return {name: value.detach() for name, value in contender.reference(output, own).items()}
+    values = {"log Z": output}
+    for name, value in own.items():
+        if value.requires_grad:
+            values[f"grad {name}"] = torch.zeros_like(value) if value.grad is None else value.grad
+    return values
+
+
 def check_agreement(
-    row: Row, contenders: list[Contender], inputs: dict[str, Tensor], result: RowResult
+    row: Row, use: str, contenders: list[Contender], inputs: Inputs, result: UseResult
 ) -> None:
-    """Max abs difference of each library's float64 marginals to the reference, on real entries."""
+    """Max abs difference of each library's float64 results to structkd's, on real entries.
+
+    A library whose own result (not an untimed ``quantity:variant``) differs by more than
+    ``AGREEMENT_TOLERANCE``, or holds NaN, is marked excluded (and not timed). A quantity that a
+    library returns in float32 from float64 scores (SuPar's ``MatrixTree`` log Z) can only agree
+    to float32 rounding: it is held to ``float32 eps * max |reference|`` instead, and marked.
+    """
     outputs = {}
     for contender in contenders:
-        if contender.library in result.errors:
-            continue
-        own = cast_inputs(inputs, torch.float64)
         try:
-            outputs[contender.library] = {
-                name: value.detach()
-                for name, value in contender.to_reference(contender.run(own), own).items()
-            }
+            outputs[contender.library] = float64_outputs(contender, use, inputs)
         except Exception as error:
             result.errors[contender.library] = f"{type(error).__name__}: {error}"
     if not outputs:
@@ -787,16 +1084,32 @@ def check_agreement(
         if library == reference_library:
             continue
         differences = {}
+        beyond = {}
         for name, value in output.items():
-            quantity = name.split(":")[0]  # "marginals:eps=0" is compared with "marginals"
+            quantity = name.split(":")[0]  # "marginals:its lengths=" is compared with "marginals"
             if quantity not in reference:
                 continue
-            mask = masks[quantity]
-            difference = (value - reference[quantity]).abs()[mask]
-            differences[name] = float(difference.max()) if difference.numel() else 0.0
+            mask = masks.get(quantity, torch.ones_like(value, dtype=torch.bool))
+            expected = reference[quantity][mask]
+            difference = (value.to(expected.dtype)[mask] - expected).abs()
             if torch.isnan(difference).any():
                 differences[name] = float("nan")
+            else:
+                differences[name] = float(difference.max()) if difference.numel() else 0.0
+            tolerance = AGREEMENT_TOLERANCE
+            if value.dtype == torch.float32 and expected.numel():
+                tolerance = max(tolerance, EPS32 * float(expected.abs().max()))
+                result.float32_results.setdefault(library, {})[name] = tolerance
+            if ":" not in name and not differences[name] <= tolerance:  # NaN included
+                beyond[name] = differences[name]
         result.differences[library] = differences
+        if any(math.isnan(value) for value in beyond.values()):
+            result.excluded[library] = "NaN in its float64 results"
+        elif beyond:
+            result.excluded[library] = (
+                f"differs from {reference_library} by more than {AGREEMENT_TOLERANCE:.0e} in "
+                + ", ".join(f"`{name}`" for name in beyond)
+            )
 
 
 def run_benchmark(rows: list[Row], quick: bool, log: Callable[[str], None]) -> list[RowResult]:
@@ -815,19 +1128,30 @@ def run_benchmark(rows: list[Row], quick: bool, log: Callable[[str], None]) -> l
             log(f"{row.group} | {row.name}: no library available, skipped")
             continue
         inputs = row.make_inputs()
-        check_agreement(row, row.contenders, inputs, result)
-        time_row(row.contenders, inputs, result, **settings)
-        log(format_log_line(result))
+        for use in USES:
+            contenders = [contender for contender in row.contenders if contender.runs(use)]
+            outcome = result.uses[use] = UseResult()
+            check_agreement(row, use, contenders, inputs, outcome)
+            timed = [
+                contender
+                for contender in contenders
+                if contender.library not in outcome.errors
+                and contender.library not in outcome.excluded
+            ]
+            time_row(timed, use, inputs, outcome, **settings)
+            log(format_log_line(row, use, outcome))
     return results
 
 
-def format_log_line(result: RowResult) -> str:
-    parts = [f"{result.row.group} | {result.row.name}:"]
+def format_log_line(row: Row, use: str, result: UseResult) -> str:
+    parts = [f"{row.group} | {row.name} | {use}:"]
     for library, timing in result.timings.items():
         parts.append(f"{library} {timing.median_ms:.2f} ms (n={len(timing.seconds)})")
     for library, differences in result.differences.items():
         shown = ", ".join(f"{name} {value:.1e}" for name, value in differences.items())
         parts.append(f"max|{library} - {result.reference}| {shown}")
+    for library, reason in result.excluded.items():
+        parts.append(f"{library} EXCLUDED {reason}")
     for library, error in result.errors.items():
         parts.append(f"{library} FAILED {error}")
     return "  ".join(parts)
@@ -847,37 +1171,83 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def format_ms(timing: Timing | None) -> str:
-    if timing is None:
-        return "—"
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not on Linux
+        return float("nan")
+
+
+def format_factor(factor: float) -> str:
+    if factor >= 100:
+        return f"{factor:.0f}"
+    return f"{factor:.1f}" if factor >= 10 else f"{factor:.2f}"
+
+
+def format_ms(timing: Timing) -> str:
     if math.isnan(timing.iqr_ms):
         return f"{timing.median_ms:.2f} (n={len(timing.seconds)})"
     return f"{timing.median_ms:.2f} ± {timing.iqr_ms / 2:.2f}"
 
 
-def format_agreement(result: RowResult) -> str:
+def speedup(result: UseResult, library: str) -> float | None:
+    """The library's median over structkd's (above 1: structkd is faster)."""
+    reference, other = result.timings.get("structkd"), result.timings.get(library)
+    if reference is None or other is None:
+        return None
+    return other.median_ms / reference.median_ms
+
+
+def format_cell(result: UseResult | None, library: str) -> str:
+    if result is None:
+        return "—"
+    if library in result.errors:
+        return "failed"
+    if library in result.excluded:
+        return "excluded"
+    timing = result.timings.get(library)
+    if timing is None:
+        return "missing" if library == "structkd" else "—"
+    factor = speedup(result, library)
+    if library == "structkd" or factor is None:
+        return format_ms(timing)
+    return f"{format_ms(timing)} ({format_factor(factor)}×)"
+
+
+QUANTITY_LABELS = {"pair_marginals": "pairs"}
+
+
+def format_agreement(result: UseResult) -> str:
     """``library max|diff| [verdict] (variant: max|diff|)`` per library, ``;``-separated."""
     if not result.differences:
-        return "—" if not result.errors else ""
+        return "—"
     cells = []
     for library, differences in result.differences.items():
-        own = {name: value for name, value in differences.items() if ":" not in name}
+        own: dict[str, float] = {}
+        for name, value in differences.items():
+            if ":" in name:
+                continue
+            label = "grads" if name.startswith("grad ") else QUANTITY_LABELS.get(name, name)
+            own[label] = max(own.get(label, value), value)  # NaN stays NaN
         variants = {
             name.split(":", 1)[1]: value for name, value in differences.items() if ":" in name
         }
-        worst = max(own.values(), default=0.0)
+        rounded = {
+            QUANTITY_LABELS.get(name, name) for name in result.float32_results.get(library, {})
+        }
+
+        def shown(name: str, value: float, rounded: set[str] = rounded) -> str:
+            return f"{value:.0e}" + (" (float32)" if name in rounded else "")
+
         if len(own) > 1:
-            detail = ", ".join(
-                f"{name.replace('pair_marginals', 'pairs')} {value:.0e}"
-                for name, value in own.items()
-            )
+            detail = ", ".join(f"{name} {shown(name, value)}" for name, value in own.items())
         else:
-            detail = ", ".join(f"{value:.0e}" for value in own.values())
+            detail = ", ".join(shown(name, value) for name, value in own.items())
         if any(math.isnan(value) for value in own.values()):
             detail += " **NaN**"
-        elif worst > AGREEMENT_TOLERANCE:
+        elif library in result.excluded:
             detail += " **DISAGREE**"
-        # A variant of the library's own code (e.g. "eps=0") that explains a difference.
+        # A variant of the library's own code (e.g. "its lengths=") that explains a difference.
         detail += "".join(f" ({name}: {value:.0e})" for name, value in variants.items())
         cells.append(f"{library} {detail}")
     prefix = "" if result.reference == "structkd" else f"(vs {result.reference}) "
@@ -885,40 +1255,151 @@ def format_agreement(result: RowResult) -> str:
 
 
 INTRO = """
-structkd's structures side by side with torch-struct, SuPar and pytorch-crf: `log Z` and the
-marginals of one batch of 32 sentences with mixed lengths (drawn in `[N/2, N]`, one at full
-length), on CPU with one thread, float32, from the same random scores passed to each library
-in its own format and masking convention. Times are medians in milliseconds per batch,
-± half the interquartile range, over round-robin repeats (each repeat runs every library
-once). A timed call starts from the shared scores and ends with the library's marginals,
-including any conversion of the scores into the library's input format; converting the
-marginals back for the comparison is not timed. **ratio** = (fastest other library) /
-structkd: above 1 means structkd is faster. **agreement** = max absolute difference to
-structkd's marginals in float64 on the real (unpadded) entries; above {tolerance:.0e} it is
-marked **DISAGREE**; a figure in parentheses is an untimed variant of the same library that
-explains the difference. The scores do not require grad (as for a teacher in distillation):
-SuPar's and torch-struct's `marginals` still differentiate with `create_graph=True` (their API
-has no other way; about 15% of SuPar's time on projective trees at N=40 in one check),
-structkd does not. Some structkd classes compute in float64 internally whatever the input
-dtype.
+structkd's exact inference side by side with torch-struct, SuPar and pytorch-crf, in the two uses
+a distiller has. Each row is one batch of 32 sentences with mixed lengths (drawn in `[N/2, N]`,
+one at full length), random standard-normal scores (padding filled with random scores too, which
+every library must ignore), on CPU with one thread, float32 inputs (some structkd classes compute
+in float64 internally whatever the input dtype).
+
+- **Targets from fixed scores**: the marginals of scores that do not require grad (a trained
+  teacher's outputs, turned into the student's targets). torch-struct's, SuPar's and
+  pytorch-crf's marginals are autograd of their log Z, so each gets the path that runs:
+  torch-struct's potentials are made to require grad inside `torch.enable_grad()` (its
+  projective `DependencyCRF` raises on potentials that do not), SuPar sets `requires_grad` itself
+  and differentiates with `create_graph=True`, pytorch-crf (no marginals API) is differentiated
+  through its private `_compute_normalizer`.
+- **Teacher training: log Z + backward**: scores that require grad (the teacher's outputs; for the
+  CRF also its transition, start and end parameters), then `log Z.sum().backward()` down to them.
+
+A timed call starts from the shared scores (structkd's layout) and ends with the marginals
+(targets) or with the gradients in place (training), including any conversion of the scores into
+the library's input format (and the backward through it); converting marginals back for the
+comparison is not timed. Times are medians in milliseconds per batch, ± half the interquartile
+range, over round-robin repeats (each repeat runs every library once, in a rotating order, so
+that load from other processes hits them alike); `(n=1)` marks a single call of over 10 s.
+**(k×)** after a competitor's time = its median / structkd's median, how many times faster
+structkd is (below 1: slower).
+
+**Agreement**: before timing, every library runs once in float64 on the same scores; the column
+gives the max absolute difference to structkd on the real (unpadded) entries, of the marginals
+(targets), and of log Z and of the gradients w.r.t. every score tensor (training). A library that
+differs by more than {tolerance:.0e} (or gives NaN) on a row is **excluded**: not timed on that
+row, with the reason under the table. A figure in parentheses is an untimed variant of the same
+library that explains a difference.
 """
 
-KNOWN_FAILURES = {
-    "a view of a leaf Variable that requires grad is being used in an in-place operation": (
-        ": torch-struct 0.5, its last release on PyPI, writes in place into its potentials after "
-        "setting requires_grad, which torch has refused since 1.9 (pytorch-struct issue #104, "
-        "fixed on its main branch after the release), so its projective DependencyCRF cannot run "
-        "on torch 2.13"
-    ),
-}
+
+def present_libraries(results: list[UseResult | None]) -> list[str]:
+    """structkd, then every library that ran (or failed, or was excluded) in one of the results."""
+    seen = set()
+    for result in results:
+        if result is not None:
+            seen |= set(result.timings) | set(result.errors) | set(result.excluded)
+            seen |= set(result.differences)
+    return [library for library in LIBRARIES if library == "structkd" or library in seen]
 
 
-def known_failure(error: str) -> str:
-    return next((cause for text, cause in KNOWN_FAILURES.items() if text in error), "")
+def summary_table(groups: dict[str, list[RowResult]]) -> list[str]:
+    columns = [
+        library
+        for library in present_libraries(
+            [result.uses.get(use) for rows in groups.values() for result in rows for use in USES]
+        )
+        if library != "structkd"
+    ]
+    if not columns:
+        return []
+    lines = [
+        "## Summary",
+        "",
+        "How many times faster structkd is than each library (its median / structkd's median), "
+        "lowest to highest over the rows of each table below.",
+        "",
+        "| structure | use | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for group, rows in groups.items():
+        for use in USES:
+            cells = [group, USE_TITLES[use]]
+            for library in columns:
+                factors = []
+                excluded = failed = 0
+                for result in rows:
+                    outcome = result.uses.get(use)
+                    if outcome is None:
+                        continue
+                    factor = speedup(outcome, library)
+                    if factor is not None:
+                        factors.append(factor)
+                    excluded += library in outcome.excluded
+                    failed += library in outcome.errors
+                if factors:
+                    low, high = min(factors), max(factors)
+                    cell = (
+                        f"{format_factor(low)}×"
+                        if len(factors) == 1
+                        else f"{format_factor(low)}–{format_factor(high)}×"
+                    )
+                    if excluded or failed:
+                        cell += f" ({excluded + failed} row(s) excluded or failed)"
+                elif excluded:
+                    cell = "excluded (disagrees)"
+                elif failed:
+                    cell = "failed"
+                else:
+                    cell = "—"
+                cells.append(cell)
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def use_table(use: str, group_results: list[RowResult]) -> list[str]:
+    outcomes = [result.uses.get(use) for result in group_results]
+    present = present_libraries(outcomes)
+    quantity = group_results[0].row.quantity if use == TARGETS else ""
+    title = USE_TITLES[use][0].upper() + USE_TITLES[use][1:] + (f": {quantity}" if quantity else "")
+    lines = ["", f"### {title}", ""]
+    lines.append("| row | " + " | ".join(f"{library} ms" for library in present) + " | agreement |")
+    lines.append("|---" * (len(present) + 2) + "|")
+    calls: dict[str, str] = {}
+    skipped: dict[tuple[str, str], list[str]] = {}
+    rounded: dict[str, float] = {}
+    for result, outcome in zip(group_results, outcomes, strict=True):
+        cells = [result.row.name]
+        cells += [format_cell(outcome, library) for library in present]
+        cells.append(format_agreement(outcome) if outcome is not None else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+        for contender in result.row.contenders:
+            if contender.runs(use):
+                calls.setdefault(contender.library, contender.calls.get(use, ""))
+        if outcome is None:
+            continue
+        for library, reason in outcome.excluded.items():
+            skipped.setdefault((library, f"excluded: {reason}"), []).append(result.row.name)
+        for library, error in outcome.errors.items():
+            skipped.setdefault((library, f"failed: `{error}`"), []).append(result.row.name)
+        for library, tolerances in outcome.float32_results.items():
+            rounded[library] = max(rounded.get(library, 0.0), *tolerances.values())
+    lines.append("")
+    lines += [f"- {library}: {text}" for library, text in calls.items() if text]
+    for (library, what), row_names in skipped.items():
+        where = "every row" if len(row_names) == len(group_results) else ", ".join(row_names)
+        lines.append(f"- {library} {what} ({where}; not timed there)")
+    for library, tolerance in rounded.items():
+        lines.append(
+            f"- {library}: `(float32)` marks a result it returns in float32 from float64 scores; "
+            f"it is held to float32 rounding (float32 eps × its magnitude, at most "
+            f"{tolerance:.0e} here) instead of {AGREEMENT_TOLERANCE:.0e}"
+        )
+    return lines
 
 
 def markdown_report(
-    results: list[RowResult], libraries: Libraries, command: str, quick: bool
+    results: list[RowResult],
+    libraries: Libraries,
+    command: str,
+    quick: bool,
+    loads: tuple[float, float],
 ) -> str:
     lines = [
         "# Performance of exact inference",
@@ -932,13 +1413,15 @@ def markdown_report(
         "```",
         "",
         f"- date: {datetime.date.today().isoformat()}",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores; 1-minute load average "
+        f"{loads[0]:.2f} at the start of the run and {loads[1]:.2f} at its end (this run "
+        "itself keeps one core busy: more means other jobs shared the machine, so absolute "
+        "times are noisy; the ratios within one row, libraries interleaved, are the numbers "
+        "to read)",
         f"- torch {torch.__version__}, Python {platform.python_version()}, "
         f"{torch.get_num_threads()} thread(s)",
-        f"- CPU: {cpu_model()}",
         "- versions: "
         + ", ".join(f"{name} {version}" for name, version in sorted(libraries.versions.items())),
-        "- the machine was shared with other jobs during the run: absolute times are noisy; the",
-        "  ratios within one run (libraries interleaved) are the numbers to read.",
     ]
     if quick:
         lines.append("- **quick smoke run** (`--quick`): few repeats, a subset of the rows.")
@@ -948,62 +1431,36 @@ def markdown_report(
     groups: dict[str, list[RowResult]] = {}
     for result in results:
         groups.setdefault(result.row.group, []).append(result)
+    summary = summary_table(groups)
+    if summary:
+        lines += ["", *summary]
     for group, group_results in groups.items():
-        present = [
-            library
-            for library in LIBRARIES
-            if any(
-                library in result.timings or library in result.errors for result in group_results
-            )
-            or (library == "structkd")
-        ]
-        lines += ["", f"## {group}", ""]
-        lines.append(
-            "| row | "
-            + " | ".join(f"{library} ms" for library in present)
-            + " | ratio | agreement |"
-        )
-        lines.append("|---" * (len(present) + 3) + "|")
+        lines += ["", f"## {group}"]
+        for use in USES:
+            lines += use_table(use, group_results)
         notes: dict[str, str] = {}
-        failures: dict[tuple[str, str], list[str]] = {}
         for result in group_results:
-            cells = [result.row.name]
-            for library in present:
-                if library in result.errors:
-                    cells.append("failed")
-                elif library == "structkd" and library not in result.timings:
-                    cells.append("missing")
-                else:
-                    cells.append(format_ms(result.timings.get(library)))
-            structkd = result.timings.get("structkd")
-            others = [
-                timing.median_ms for name, timing in result.timings.items() if name != "structkd"
-            ]
-            ratio = f"{min(others) / structkd.median_ms:.2f}" if structkd and others else "—"
-            cells += [ratio, format_agreement(result)]
-            lines.append("| " + " | ".join(cells) + " |")
             for contender in result.row.contenders:
                 if contender.note:
                     notes[contender.library] = contender.note
             if result.row.note:
                 notes[result.row.name] = result.row.note
-            for library, error in result.errors.items():
-                failures.setdefault((library, error), []).append(result.row.name)
-        for (library, error), row_names in failures.items():
-            where = "every row" if len(row_names) == len(group_results) else ", ".join(row_names)
-            notes[f"{library} failed ({where})"] = f"`{error}`{known_failure(error)}"
         if notes:
-            lines.append("")
-            lines += [f"- {library}: {note}" for library, note in notes.items()]
+            lines += ["", "Layouts and conventions:", ""]
+            lines += [f"- {name}: {note}" for name, note in notes.items()]
     lines.append("")
     return "\n".join(lines)
 
 
-def json_report(results: list[RowResult], libraries: Libraries) -> dict[str, Any]:
+def json_report(
+    results: list[RowResult], libraries: Libraries, loads: tuple[float, float]
+) -> dict[str, Any]:
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average": {"start": loads[0], "end": loads[1]},
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": libraries.versions,
         "missing": libraries.missing,
@@ -1011,15 +1468,19 @@ def json_report(results: list[RowResult], libraries: Libraries) -> dict[str, Any
             {
                 "group": result.row.group,
                 "row": result.row.name,
-                "seconds": {library: timing.seconds for library, timing in result.timings.items()},
+                "use": use,
+                "seconds": {library: timing.seconds for library, timing in outcome.timings.items()},
                 "median_ms": {
-                    library: timing.median_ms for library, timing in result.timings.items()
+                    library: timing.median_ms for library, timing in outcome.timings.items()
                 },
-                "max_abs_difference": result.differences,
-                "reference": result.reference,
-                "errors": result.errors,
+                "max_abs_difference": outcome.differences,
+                "reference": outcome.reference,
+                "excluded": outcome.excluded,
+                "float32_tolerance": outcome.float32_results,
+                "errors": outcome.errors,
             }
             for result in results
+            for use, outcome in result.uses.items()
         ],
     }
 
@@ -1059,18 +1520,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         rows = [row for row in rows if args.only in row.group or args.only in row.name]
     started = time.perf_counter()
+    load_start = load_average()
     results = run_benchmark(rows, args.quick, lambda line: print(line, flush=True))
+    loads = (load_start, load_average())
     print(f"total {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
     command = shown_command(sys.argv[1:] if argv is None else argv)
-    report = markdown_report(results, libraries, command, args.quick)
+    report = markdown_report(results, libraries, command, args.quick, loads)
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(report)
     else:
         print(report)
     if args.json:
-        args.json.write_text(json.dumps(json_report(results, libraries), indent=1))
+        args.json.write_text(json.dumps(json_report(results, libraries, loads), indent=1))
     return 0
 
 
