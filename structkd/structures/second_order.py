@@ -118,6 +118,15 @@ class _SpanIndex(NamedTuple):
 
 @functools.lru_cache(maxsize=32)
 def _span_index(size: int, device: torch.device) -> _SpanIndex:
+    # Built outside inference mode whatever the caller's mode: the index is cached and shared, and
+    # an inference tensor could never be saved for backward by a later autograd pass (the exact
+    # marginals are gradients of log Z), e.g. a teacher scored under inference_mode and then
+    # asked for targets in the same process.
+    with torch.inference_mode(False):
+        return _build_span_index(size, device)
+
+
+def _build_span_index(size: int, device: torch.device) -> _SpanIndex:
     arc_flat, arc_last, arc_dep, arc_sizes = [], [], [], []
     sib_flat, sib_last, sib_head, sib_dep, sib_sizes = [], [], [], [], []
     for width in range(1, size):

@@ -828,3 +828,19 @@ def test_mean_field_neg_inf_arcs_and_invalid_inputs():
     )
     with pytest.raises(ValueError, match="temperature"):
         mean_field_arcs(arc, lengths=lengths, temperature=-1.0)
+
+
+def test_marginals_after_an_inference_mode_pass() -> None:
+    """The span index is cached per size: building it in inference mode (a teacher's evaluation)
+    must not break a later autograd pass in the same process (the teacher's KD targets)."""
+    size = 23  # a size no other test uses, so the first pass here builds the cached index
+    torch.manual_seed(0)
+    arcs = torch.randn(2, size, size, dtype=torch.float64)
+    sibs = torch.randn(2, size, size, size, dtype=torch.float64)
+    lengths = torch.tensor([size - 1, size - 5])
+    with torch.inference_mode():  # decoding builds the index; marginals need autograd
+        best = Dependency2oCRF(arcs, sibs, lengths).argmax
+    with torch.no_grad():
+        marginals = Dependency2oCRF(arcs, sibs, lengths).marginals
+    assert torch.isfinite(marginals).all()
+    assert best.shape[0] == 2
