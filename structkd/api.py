@@ -1,36 +1,50 @@
 """The commands as functions, for programs: ``train``, ``distill``, ``evaluate``, ``predict``,
-dispatched to the task plug-in (``structkd.tasks.TASKS``) named by the options or by the model
-directory.
+``export``, and ``load`` (a predictor), dispatched to the task plug-in (``structkd.tasks.TASKS``)
+named by the options or by the model directory.
 
     train(TrainOptions(train="conll03-en:train", dev="conll03-en:dev", out="models/teacher"))
     distill(DistillOptions(train=..., dev=..., out=..., teachers=["models/teacher"]))
     evaluate("models/student", "conll03-en:test")  ->  {"precision", "recall", "f1", ...}
-    predict("models/student", "sentences.txt", "tagged.conll")
     load("models/student").predict("EU rejects German call.")   ->  Document (entities, offsets)
+    predict("models/student", "news.txt", "news.jsonl", input_format="raw", output_format="json")
     export("models/student", "models/student-onnx")   # served by load() without torch
 
+``predict`` is ``load`` over a file: ``read_inputs`` reads it (raw text, tokens, CoNLL, CoNLL-U
+or a data set), the predictor labels it, the task writes the documents (``write_documents``).
 Importing this module is cheap (no torch, no Lightning).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from structkd.data.tag_schemes import SCHEMES
+from structkd.serve.text import TokenizedSentence
 from structkd.tasks import get_task
 from structkd.train.options import DistillOptions, TrainOptions, positive_int
 
 __all__ = [
+    "INPUT_FORMATS",
     "DistillOptions",
     "TrainOptions",
     "distill",
     "evaluate",
     "export",
+    "guess_input_format",
     "load",
     "predict",
+    "read_inputs",
     "train",
 ]
+
+INPUT_FORMATS: tuple[str, ...] = ("auto", "raw", "tokens", "conll", "conllu")
+"""What ``predict`` reads (``read_inputs``)."""
+
+_CONLLU_ID = re.compile(r"[0-9]+(?:[-.][0-9]+)?")
 
 
 def train(options: TrainOptions) -> dict[str, Any]:
@@ -61,16 +75,19 @@ def load(
     batch_size: int = 64,
     num_threads: int | None = None,
     device: str = "cpu",
+    scheme: str = "bioes",
 ) -> Any:
     """A predictor for the model in ``model_dir`` (any task; a trained model directory, or an
     exported one, which is served with numpy and onnxruntime only, without importing torch):
     ``load(dir).predict(texts)`` takes raw strings or token lists and returns
     ``structkd.serve.results.Document``s (``structkd.serve.predictor.Predictor``).
-    ``num_threads``: the threads of the backend (``None``: its default)."""
+    ``num_threads``: the threads of the backend (``None``: its default); ``scheme``: the tag
+    scheme of a tagger's token tags, ``bioes`` or ``iob2`` (a task without tags refuses
+    another value than the default)."""
     positive_int(batch_size, "batch_size")
     positive_int(num_threads, "num_threads", allow_none=True)
     return _task_of_model(model_dir).load_predictor(
-        model_dir, batch_size=batch_size, num_threads=num_threads, device=device
+        model_dir, batch_size=batch_size, num_threads=num_threads, device=device, scheme=scheme
     )
 
 
@@ -121,29 +138,180 @@ def evaluate(
     )
 
 
+def read_inputs(
+    input: str | os.PathLike[str], input_format: str = "auto"
+) -> list[str | TokenizedSentence]:
+    """What ``predict`` labels, read from ``input`` (a file, ``"-"`` for standard input, or a
+    registered data set name such as ``"conll03-en:test"``): a list of raw texts (``str``, each
+    tokenized and split into sentences by syntok) or of pre-tokenized sentences
+    (``TokenizedSentence``), one document each, in input order.
+
+    ``input_format``: ``"raw"`` (each non-blank line is one text), ``"tokens"`` (one sentence per
+    line, tokens separated by spaces or tabs), ``"conll"`` (a CoNLL column file: the word is the
+    first column, any tags are ignored), ``"conllu"`` (CoNLL-U: the words and their UPOS; HEAD and
+    DEPREL may be ``_``), or ``"auto"`` (``guess_input_format``; a data set is read as what it
+    holds). Malformed input raises ``DataError`` (a ``ValueError``) naming the file and line."""
+    from structkd.data.datasets import dataset_names, is_dataset_name, load_dataset
+
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(
+            f"input_format must be one of {', '.join(INPUT_FORMATS)}; got {input_format!r}"
+        )
+    spec = os.fspath(input)
+    if spec == "-":
+        return _read_standard_input(input_format)
+    if is_dataset_name(spec):
+        return [_record_input(spec, record) for record in load_dataset(spec)]
+    if not Path(spec).is_file():
+        raise ValueError(
+            f"input {spec!r} is neither a known data set ({', '.join(dataset_names())}) nor an "
+            "existing file"
+        )
+    return _read_file(spec, input_format)
+
+
+def guess_input_format(path: str | os.PathLike[str]) -> str:
+    """The format of an input file for ``input_format="auto"``: ``"conllu"`` for a ``*.conllu``
+    file or one most of whose lines (blank and ``#`` lines aside) have 10 tab-separated columns
+    and a word ID first; else ``"conll"`` or ``"tokens"`` by the rules of column files, which
+    never turn tags into words (``structkd.tasks.ner.data.guess_text_format``: a file most of
+    whose lines end with a tag is a column file, one where almost none does is tokenized text,
+    anything between is refused). Raw text is never guessed: pass ``"raw"``."""
+    from structkd.data.conll import DataError, read_text_lines
+    from structkd.tasks.ner.data import guess_text_format
+
+    if os.fspath(path).endswith(".conllu"):
+        return "conllu"
+    rows = [line for line in read_text_lines(path) if line.strip() and not line.startswith("#")]
+    conllu = [
+        line
+        for line in rows
+        if len(columns := line.rstrip("\r").split("\t")) == 10 and _CONLLU_ID.fullmatch(columns[0])
+    ]
+    if conllu and 2 * len(conllu) >= len(rows):
+        return "conllu"
+    try:
+        return guess_text_format(path)
+    except DataError as error:  # name this command's flag
+        problem = error.problem.replace("--format ", "--input-format ")
+        raise DataError(error.path, error.line, problem) from None
+
+
+def _read_standard_input(input_format: str) -> list[str | TokenizedSentence]:
+    """``read_inputs`` of standard input (through a temporary file: the readers take paths);
+    errors name ``<stdin>``."""
+    import sys
+    import tempfile
+
+    from structkd.data.conll import DataError
+
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt", delete=False)
+    with handle:
+        handle.write(sys.stdin.read())
+    try:
+        return _read_file(handle.name, input_format)
+    except DataError as error:
+        raise DataError("<stdin>", error.line, error.problem) from None
+    finally:
+        os.unlink(handle.name)
+
+
+def _read_file(path: str, input_format: str) -> list[str | TokenizedSentence]:
+    from structkd.data.conll import DataError, read_conll, read_text_lines, read_tokenized
+
+    chosen = guess_input_format(path) if input_format == "auto" else input_format
+    if chosen == "raw":
+        lines = read_text_lines(path)
+        texts = [line.removesuffix("\r") for line in lines if line.strip()]
+        if not texts:
+            raise DataError(path, max(1, len(lines)), "no text in the file (only blank lines)")
+        return texts
+    if chosen == "conllu":
+        from structkd.data.conllu_io import read_conllu
+
+        # text to parse: HEAD and DEPREL may be `_`, and gold trees are not needed
+        trees = read_conllu(path, single_root=False, require_trees=False)
+        return [_tokenized(tree.words, tree.upos) for tree in trees]
+    if chosen == "conll":
+        return [_tokenized(sentence.tokens) for sentence in read_conll(path, labeled=False)]
+    return [_tokenized(sentence.tokens) for sentence in read_tokenized(path)]
+
+
+def _record_input(spec: str, record: Any) -> TokenizedSentence:
+    """The words (and UPOS) of one record of a data set: a tagged ``Sentence`` or a treebank's
+    ``DepSentence``."""
+    from structkd.data.conll import Sentence
+
+    if isinstance(record, Sentence):
+        return _tokenized(record.tokens)
+    from structkd.data.conllu_io import DepSentence
+
+    if isinstance(record, DepSentence):
+        return _tokenized(record.words, record.upos)
+    raise ValueError(f"data set {spec!r} holds {type(record).__name__} records, not sentences")
+
+
+def _tokenized(tokens: Sequence[str], upos: Sequence[str] | None = None) -> TokenizedSentence:
+    """A pre-tokenized sentence as the text of its tokens joined by single spaces (the text a
+    ``Document`` of it has), each token's offsets into it; ``upos`` unless it is all ``_``."""
+    starts, position = [], 0
+    for token in tokens:
+        starts.append(position)
+        position += len(token) + 1
+    ends = tuple(start + len(token) for start, token in zip(starts, tokens, strict=True))
+    if upos is not None and all(tag == "_" for tag in upos):
+        upos = None
+    return TokenizedSentence(
+        tokens=tuple(tokens),
+        starts=tuple(starts),
+        ends=ends,
+        upos=None if upos is None else tuple(upos),
+    )
+
+
 def predict(
     model_dir: str | os.PathLike[str],
     input: str | os.PathLike[str],
     output: str | os.PathLike[str] | TextIO | None = None,
     *,
     input_format: str = "auto",
+    output_format: str | None = None,
     scheme: str = "bioes",
     batch_size: int = 64,
     device: str = "cpu",
+    num_threads: int | None = None,
 ) -> int:
-    """Label ``input`` with the model in ``model_dir`` and write to ``output`` (a path, a
-    stream, or standard output for ``None``/``"-"``); returns the number of sentences written.
-    NER writes CoNLL with each tag's marginal probability (``scheme``: ``bioes`` or ``iob2``);
-    dependency parsing writes CoNLL-U."""
+    """Label ``input`` with the model in ``model_dir`` (trained or exported; any task) and write
+    the result to ``output`` (a path, a stream, or standard output for ``None``/``"-"``); returns
+    the number of sentences written.
+
+    ``input`` and ``input_format``: see ``read_inputs`` (raw text, tokens, CoNLL, CoNLL-U, a data
+    set). ``output_format``: one of the task's ``output_formats`` (``None``: its first; NER:
+    ``conll``, ``word tag probability`` per token, or ``json``, one document per line with
+    character offsets and entity probabilities; dependency parsing: ``conllu`` or ``json``).
+    ``scheme``: the tag scheme of a tagger's tags (``bioes`` or ``iob2``). A path ``output`` is
+    checked before any work (not ``input``, in a writable directory) and written through a
+    temporary file renamed onto it at the end."""
     positive_int(batch_size, "batch_size")
-    if scheme not in ("bioes", "iob2"):
-        raise ValueError(f"scheme must be 'bioes' or 'iob2'; got {scheme!r}")
-    return _task_of_model(model_dir).predict(
-        model_dir,
-        input,
-        output,
-        input_format=input_format,
-        scheme=scheme,
-        batch_size=batch_size,
-        device=device,
-    )
+    positive_int(num_threads, "num_threads", allow_none=True)
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(
+            f"input_format must be one of {', '.join(INPUT_FORMATS)}; got {input_format!r}"
+        )
+    task = _task_of_model(model_dir)
+    if output_format is None:
+        output_format = task.output_formats[0]
+    if output_format not in task.output_formats:
+        raise ValueError(
+            f"{task.title} predictions can be written as {', '.join(task.output_formats)}; got "
+            f"{output_format!r}"
+        )
+    from structkd.train.outputs import output_stream
+
+    with output_stream(output, inputs=[input]) as stream:
+        items = read_inputs(input, input_format)
+        predictor = load(
+            model_dir, batch_size=batch_size, num_threads=num_threads, device=device, scheme=scheme
+        )
+        documents = predictor.predict_documents(items)
+        return task.write_documents(stream, documents, format=output_format, scheme=scheme)

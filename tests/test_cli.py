@@ -77,6 +77,26 @@ def test_bad_choices_and_user_errors(tmp_path, capsys: pytest.CaptureFixture[str
     assert err.startswith("structkd evaluate: error: ") and err.count("\n") == 1
 
 
+def test_predict_and_export_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from structkd.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["predict", "--model", "m", "--input", "i"])
+    assert (args.input_format, args.format, args.scheme) == ("auto", "auto", "bioes")
+    argv = ["predict", "--model", "m", "--input", "i", "--input-format", "raw", "--format", "json"]
+    args = parser.parse_args(argv)
+    assert (args.input_format, args.format) == ("raw", "json")
+    # --format is the output format now; the input formats it used to take name the new flag
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "--model", "m", "--input", "i", "--format", "tokens"])
+    assert "the input format is --input-format tokens" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "--model", "m", "--input", "i", "--format", "xml"])
+    assert "invalid choice: 'xml'" in capsys.readouterr().err
+    args = parser.parse_args(["export", "--model", "m", "--out", "o"])
+    assert (args.model, args.out, args.format) == ("m", "o", "onnx")
+
+
 def test_summary_is_written_by_the_task() -> None:
     from structkd.cli.models import summary
     from structkd.tasks import get_task

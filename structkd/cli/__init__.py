@@ -1,12 +1,12 @@
 """The ``structkd`` command line: a thin layer over the library, one sub-command per job.
 
 One module per command group, each adding its sub-parsers and setting ``handler`` (``args ->
-exit code``): ``structkd.cli.models`` (``train``, ``distill``, ``evaluate``, ``predict``),
-``structkd.cli.demo`` (``demo``) and ``structkd.cli.experiment`` (``experiment``). A user's
-mistake (``structkd.cli.errors.USER_ERRORS``) is one line on standard error and exit code 2.
-SIGINT and SIGTERM stop a command with one line on standard error and exit status 130 or 143
-(``128 + signal``); a training run stopped so has no completion marker, an experiment keeps its
-finished runs and is resumed by the same command.
+exit code``): ``structkd.cli.models`` (``train``, ``distill``, ``evaluate``, ``predict``,
+``export``), ``structkd.cli.demo`` (``demo``) and ``structkd.cli.experiment`` (``experiment``).
+A user's mistake (``structkd.cli.errors.USER_ERRORS``) is one line on standard error and exit
+code 2. SIGINT and SIGTERM stop a command with one line on standard error and exit status 130 or
+143 (``128 + signal``); a training run stopped so has no completion marker, an experiment keeps
+its finished runs and is resumed by the same command.
 """
 
 from __future__ import annotations

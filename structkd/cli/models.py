@@ -1,5 +1,5 @@
-"""``structkd train``, ``distill``, ``evaluate`` and ``predict``: their arguments, the calls of
-``structkd.api`` and the printing of the results.
+"""``structkd train``, ``distill``, ``evaluate``, ``predict`` and ``export``: their arguments, the
+calls of ``structkd.api`` and the printing of the results.
 
 Nothing here names a task: the ``--task`` choices, the default architectures, the KD methods and
 the printing of scores come from the task plug-ins (``structkd.tasks``) and the method table
@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from structkd.api import INPUT_FORMATS
 from structkd.data.tag_schemes import SCHEMES
 from structkd.distill.methods import DEFAULT_METHOD, METHOD_NAMES, TEMPERATURE_MODES
 from structkd.tasks import get_task, task_names
@@ -21,9 +22,11 @@ from structkd.train.options import DEFAULT_KD_SCHEDULE, KD_SCHEDULES, DistillOpt
 
 __all__ = [
     "DEFAULT_TASK",
+    "OUTPUT_FORMATS",
     "add_commands",
     "add_training_arguments",
     "parse_devices",
+    "parse_output_format",
     "parse_override",
     "summary",
     "training_fields",
@@ -35,6 +38,8 @@ DEFAULT_TASK: str = TrainOptions.task
 INPUT_SCHEMES: tuple[str, ...] = ("auto", *SCHEMES)
 """The choices of ``--scheme`` on ``train``, ``distill`` and ``evaluate``: the tag scheme of the
 labeled data read (``predict``'s ``--scheme`` is the scheme it writes)."""
+OUTPUT_FORMATS: tuple[str, ...] = ("auto", "conll", "conllu", "json")
+"""The choices of ``predict --format`` (each task writes some of them: ``Task.output_formats``)."""
 _INPUT_SCHEME_HELP = (
     "tag scheme of tagged data files (default auto: detected, with a warning when it comes out "
     "IOB1; iob1, iob2 or bioes: every tag checked against it)"
@@ -211,11 +216,20 @@ def _run_distill(args: argparse.Namespace) -> int:
 
 def _check_model_task(model_dir: str, task: str | None) -> None:
     """With ``--task`` given, a model of another task is refused by name (``'runs/x' holds a
-    'dep' model, not a 'ner' model``) before its data is read as the wrong format."""
-    if task is not None:
-        from structkd.train.checkpoint import read_model
+    'dep' model, not a 'ner' model``) before its data is read as the wrong format; an exported
+    model directory is checked by its ``export.json``."""
+    if task is None:
+        return
+    from structkd.serve.manifest import is_exported, read_manifest
 
-        read_model(model_dir, task=task)
+    if is_exported(model_dir):
+        found = read_manifest(model_dir)["task"]
+        if found != task:
+            raise ValueError(f"{model_dir!r} holds a {found!r} model, not a {task!r} model")
+        return
+    from structkd.train.checkpoint import read_model
+
+    read_model(model_dir, task=task)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -247,18 +261,44 @@ def _run_predict(args: argparse.Namespace) -> int:
         args.model,
         args.input,
         args.output,
-        input_format=args.format,
+        input_format=args.input_format,
+        output_format=None if args.format == "auto" else args.format,
         scheme=args.scheme,
         batch_size=args.batch_size,
         device=args.device,
+        num_threads=args.num_threads,
     )
     return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from structkd.api import export
+
+    export(args.model, args.out, format=args.format)
+    print(f"exported {args.model} to {args.out} ({args.format})")
+    return 0
+
+
+def parse_output_format(text: str) -> str:
+    """``predict --format``: the output format (``auto``: the task's first). The input formats
+    that ``--format`` used to name are refused with the flag that takes them now."""
+    if text in OUTPUT_FORMATS:
+        return text
+    if text in INPUT_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"--format is the output format ({', '.join(OUTPUT_FORMATS)}); the input format is "
+            f"--input-format {text}"
+        )
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {', '.join(OUTPUT_FORMATS)})"
+    )
 
 
 def add_commands(
     commands: argparse._SubParsersAction,
 ) -> dict[str, Callable[[argparse.Namespace], int]]:
-    """Add the ``train``, ``distill``, ``evaluate`` and ``predict`` sub-commands to ``commands``.
+    """Add the ``train``, ``distill``, ``evaluate``, ``predict`` and ``export`` sub-commands to
+    ``commands``.
 
     Each sub-parser gets ``handler`` as a default (``args.handler(args) -> exit code``); the
     handlers are also returned as ``{name: handler}``.
@@ -331,17 +371,39 @@ def add_commands(
 
     predict_parser = commands.add_parser(
         "predict",
-        help="label text; NER: CoNLL out with each tag's marginal probability",
+        help="label text with a trained or exported model (NER: tags with their marginal "
+        "probabilities and entities; dependency parsing: trees)",
         description=(
-            "Label tokenized text (one sentence per line) or a file of the task's format. NER "
-            "writes CoNLL: word, [gold,] predicted tag, its marginal probability; dependency "
-            "parsing reads and writes CoNLL-U."
+            "Label raw text, tokenized text, a CoNLL or CoNLL-U file or a data set with a model "
+            "directory (trained, or exported by `structkd export`). NER writes CoNLL (word, "
+            "predicted tag, its marginal probability; gold tags of the input are not copied: "
+            "`structkd evaluate` scores them) or JSON lines (one document per input text, with "
+            "character offsets and each entity's probability); dependency parsing writes CoNLL-U "
+            "or JSON lines."
         ),
     )
     predict_parser.add_argument("--model", required=True, metavar="DIR")
-    predict_parser.add_argument("--input", required=True, help="a file, or - for standard input")
+    predict_parser.add_argument(
+        "--input", required=True, help="a file, a data set name, or - for standard input"
+    )
     predict_parser.add_argument("--output", default="-", help="a file, or - (default) for stdout")
-    predict_parser.add_argument("--format", default="auto", choices=("auto", "conll", "tokens"))
+    predict_parser.add_argument(
+        "--input-format",
+        default="auto",
+        choices=INPUT_FORMATS,
+        help="raw: one text per line, tokenized and split into sentences (syntok), one output "
+        "document each; tokens: one tokenized sentence per line; conll: a column file (word "
+        "first); conllu: CoNLL-U (HEAD and DEPREL may be _); auto (default): conllu for *.conllu "
+        "files and CoNLL-U lines, conll when most lines end with a tag, else tokens",
+    )
+    predict_parser.add_argument(
+        "--format",
+        default="auto",
+        type=parse_output_format,
+        metavar="{" + ",".join(OUTPUT_FORMATS) + "}",
+        help="the output format (it used to be the input format, now --input-format): auto "
+        "(default: the task's first: NER conll, dependency parsing conllu), conll, conllu, json",
+    )
     predict_parser.add_argument(
         "--scheme",
         default="bioes",
@@ -349,18 +411,34 @@ def add_commands(
         help="NER: the tag scheme written (default bioes, the model's own labels)",
     )
     predict_parser.add_argument("--batch-size", type=int, default=64)
-    predict_parser.add_argument("--device", default="cpu")
+    predict_parser.add_argument("--device", default="cpu", help="torch device of a trained model")
+    predict_parser.add_argument(
+        "--num-threads", type=int, help="CPU threads of the backend (default: its own)"
+    )
     predict_parser.add_argument(
         "--task",
         choices=task_names(),
         help="the task is read from the model directory (with its input and output formats); "
         "if given, a model of another task is refused",
     )
+
+    export_parser = commands.add_parser(
+        "export",
+        help="export a model for serving without torch (ONNX)",
+        description=(
+            "Export a trained model directory to a directory that `structkd predict` and "
+            "structkd.load serve with numpy and onnxruntime only (the serve extra, no torch)."
+        ),
+    )
+    export_parser.add_argument("--model", required=True, metavar="DIR", help="a trained model")
+    export_parser.add_argument("--out", required=True, metavar="DIR", help="the directory to write")
+    export_parser.add_argument("--format", default="onnx", choices=("onnx",))
     handlers = {
         "train": (train_parser, _run_train),
         "distill": (distill_parser, _run_distill),
         "evaluate": (evaluate_parser, _run_evaluate),
         "predict": (predict_parser, _run_predict),
+        "export": (export_parser, _run_export),
     }
     for parser, handler in handlers.values():
         parser.set_defaults(handler=handler)

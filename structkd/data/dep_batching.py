@@ -8,42 +8,41 @@ the root (``-1`` there and at padding). Given a ``DepLabelScheme`` it also lays 
 labels and, for every word and label, the head the label denotes (``DepLabelScheme.label_heads``),
 which the distillation bridge needs.
 
-This module imports torch (the rest of ``structkd.data`` readers do not need it); import it
-directly, as ``structkd.data.dep_batching``.
+Word, character and UPOS indices come from ``dep_encodings.WordEncoder`` (torch-free, shared with
+an exported model's predictor). This module imports torch (the rest of ``structkd.data`` readers
+do not need it); import it directly, as ``structkd.data.dep_batching``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from structkd.data.batching import PaddedBatch
 from structkd.data.conllu_io import DepSentence
-from structkd.data.dep_encodings import DepLabel, DepLabelScheme, encode_tree
+from structkd.data.dep_encodings import DepLabelScheme, EncodedWords, WordEncoder, WordLayout
 from structkd.data.vocab import Vocabulary
 
 __all__ = ["DepBatch", "DepCollator", "DepVocab", "scheme_from_dict", "scheme_to_dict"]
 
 
 def scheme_to_dict(scheme: DepLabelScheme) -> dict[str, Any]:
-    """A JSON-ready description of ``scheme`` (its labels in order, encoding, root relation)."""
-    return {
-        "encoding": scheme.encoding,
-        "root_relation": scheme.root_relation,
-        "labels": [[label.offset, label.head_upos, label.relation] for label in scheme.labels],
-    }
+    """A JSON-ready description of ``scheme`` (``DepLabelScheme.to_dict``)."""
+    return scheme.to_dict()
 
 
 def scheme_from_dict(data: Mapping[str, Any]) -> DepLabelScheme:
-    """The inverse of :func:`scheme_to_dict`."""
-    labels = [DepLabel(int(offset), upos, relation) for offset, upos, relation in data["labels"]]
-    return DepLabelScheme(
-        labels, encoding=data["encoding"], root_relation=data.get("root_relation")
-    )
+    """The inverse of :func:`scheme_to_dict` (``DepLabelScheme.from_dict``)."""
+    return DepLabelScheme.from_dict(data)
 
 
 @dataclass(frozen=True)
@@ -102,6 +101,11 @@ class DepVocab:
             relations=tuple(data["relations"]),
         )
 
+    @functools.cached_property
+    def relation_index(self) -> dict[str, int]:
+        """``{relation: index}`` of ``relations``."""
+        return {relation: position for position, relation in enumerate(self.relations)}
+
     def relation_ids(
         self,
         relations: Sequence[str],
@@ -112,7 +116,7 @@ class DepVocab:
         """Indices of ``relations``. A relation not seen in training gets ``unknown`` if given (an
         index no prediction takes, e.g. ``-1``: evaluation scores it as a wrong label), else is
         an error naming the sentence (a model cannot train on it)."""
-        index = {rel: position for position, rel in enumerate(self.relations)}
+        index = self.relation_index
         ids = []
         for word, rel in enumerate(relations, start=1):
             if rel not in index and unknown is not None:
@@ -148,10 +152,13 @@ class DepBatch(PaddedBatch):
         label_ids: ``[B, N]`` int64 the student's gold label (``scheme``), ``-1`` at padding and for
             a gold label outside the scheme; or ``None``.
         label_heads: ``[B, N, L]`` int64 the head label ``l`` denotes for word ``i + 1`` (``-1``:
-            none); or ``None`` (no scheme).
-        scheme_upos_ids: ``[B, N]`` int64 UPOS indices in ``scheme.pos_tags`` (the "pos" encoding's
-            decoding needs them), ``-1`` elsewhere; or ``None``.
+            none); or ``None`` (no scheme, or not asked for: the teacher-target cache needs it).
+        scheme_upos_ids: ``[B, N]`` int64 UPOS indices in ``scheme.pos_tags``, ``-1`` elsewhere;
+            or ``None``.
         punct_mask: ``[B, N + 1]`` bool, True at words whose UPOS is ``PUNCT``.
+        code_heads: ``[B, N, K]`` int64 the head each of the scheme's ``K`` head codes denotes
+            for word ``i + 1`` (``-1``: none; ``label_heads = code_heads[..., label_code]``), what
+            decoding reads; or ``None``.
     """
 
     word_ids: Tensor
@@ -165,23 +172,50 @@ class DepBatch(PaddedBatch):
     label_ids: Tensor | None = None
     label_heads: Tensor | None = None
     scheme_upos_ids: Tensor | None = None
+    code_heads: Tensor | None = None
 
     @property
     def labeled(self) -> bool:
         return self.heads is not None
 
 
+class _Encoded(NamedTuple):
+    """One sentence's arrays (``n`` words)."""
+
+    words: EncodedWords
+    heads: np.ndarray | None  # [n]
+    rel_ids: np.ndarray | None  # [n]
+    label_ids: np.ndarray | None  # [n]
+    scheme_upos: np.ndarray | None  # [n]
+    code_heads: np.ndarray | None  # [n, K]
+
+
 class DepCollator:
     """``[(sentence_id, DepSentence), ...]`` -> ``DepBatch``.
 
+    A sentence is any object with ``words`` and ``upos`` (and, labeled, ``heads`` and
+    ``relations``; a ``DepSentence``); ``upos=None``: the sentence has no tags (``WordEncoder``
+    says what the model then reads). Words and label -> head tables are encoded batched over the
+    sentences of a batch. With ``cache``, each sentence is encoded once (indices, gold labels, its
+    label -> head table) and kept, keyed by the sentence object, while the sentence lives: an
+    epoch's second pass over a data set only pads the cached arrays into the batch.
+
     Args:
         vocab: the model's ``DepVocab``.
-        scheme: the student's label scheme (adds ``label_ids``, ``label_heads``,
-            ``scheme_upos_ids``), or ``None``.
+        scheme: the student's label scheme (adds ``label_ids``, ``scheme_upos_ids``,
+            ``code_heads`` and ``label_heads``), or ``None``.
         labeled: put the gold trees in the batch (``heads``, ``rel_ids``, ``label_ids``).
         strict_relations: a gold relation the vocabulary lacks is an error (training); with
             ``False`` it gets ``rel_ids = -1``, which no prediction matches (evaluation).
         max_word_chars: characters kept per word (longer words are cut).
+        label_ids: with ``labeled``, add the gold labels ``label_ids`` (a student's gold loss
+            needs them; evaluation does not).
+        label_heads: add ``label_heads`` ``[B, N, L]`` (the teacher-target cache needs it;
+            training and decoding do not).
+        code_heads: add ``code_heads`` ``[B, N, K]`` (what decoding reads).
+        cache: keep each sentence's arrays for the next batch that holds it: for data sets read
+            again and again (training epochs, dev evaluations); a pass that sees each sentence
+            once (evaluation, prediction, teacher targets) needs no cache.
     """
 
     def __init__(
@@ -192,84 +226,134 @@ class DepCollator:
         labeled: bool = True,
         strict_relations: bool = True,
         max_word_chars: int = 30,
+        label_ids: bool = True,
+        label_heads: bool = True,
+        code_heads: bool = True,
+        cache: bool = False,
     ):
         self.vocab = vocab
         self.scheme = scheme
         self.labeled = labeled
         self.strict_relations = strict_relations
         self.max_word_chars = max_word_chars
+        self.label_ids = label_ids and labeled and scheme is not None
+        self.label_heads = label_heads and scheme is not None
+        self.code_heads = (code_heads or label_heads) and scheme is not None
+        self.encoder = WordEncoder(
+            vocab.words, vocab.chars, vocab.upos, max_word_chars=max_word_chars
+        )
+        self.cache = cache
+        self._cache: weakref.WeakKeyDictionary[Any, _Encoded] = weakref.WeakKeyDictionary()
 
-    def __call__(self, items: Sequence[tuple[int, DepSentence]]) -> DepBatch:
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = None  # the cache stays in its process
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache = weakref.WeakKeyDictionary()
+
+    def __call__(self, items: Sequence[tuple[int, Any]]) -> DepBatch:
         if not items:
             raise ValueError("cannot collate an empty batch")
-        sentences = [sentence for _, sentence in items]
-        batch, max_len = len(sentences), max(len(sentence) for sentence in sentences)
-        max_chars = min(
-            self.max_word_chars, max(len(w) for sentence in sentences for w in sentence.words)
-        )
-        vocab = self.vocab
-        word_ids = torch.zeros(batch, max_len, dtype=torch.long)
-        char_ids = torch.zeros(batch, max_len, max(1, max_chars), dtype=torch.long)
-        upos_ids = torch.zeros(batch, max_len, dtype=torch.long)
-        punct_mask = torch.zeros(batch, max_len + 1, dtype=torch.bool)
-        for row, sentence in enumerate(sentences):
-            n_words = len(sentence)
-            word_ids[row, :n_words] = torch.tensor(
-                vocab.words.encode(word.lower() for word in sentence.words)
-            )
-            upos_ids[row, :n_words] = torch.tensor(vocab.upos.encode(sentence.upos))
-            punct_mask[row, 1 : n_words + 1] = torch.tensor(
-                [tag == "PUNCT" for tag in sentence.upos]
-            )
-            for column, word in enumerate(sentence.words):
-                chars = vocab.chars.encode(word[: self.max_word_chars])
-                char_ids[row, column, : len(chars)] = torch.tensor(chars)
-        lengths = torch.tensor([len(sentence) for sentence in sentences], dtype=torch.long)
-        result = DepBatch(
-            word_ids=word_ids,
-            char_ids=char_ids,
-            upos_ids=upos_ids,
-            lengths=lengths,
-            sentence_ids=torch.tensor([sentence_id for sentence_id, _ in items], dtype=torch.long),
-            punct_mask=punct_mask,
-        )
-        if self.labeled:
-            heads = torch.full((batch, max_len + 1), -1, dtype=torch.long)
-            rel_ids = torch.full((batch, max_len + 1), -1, dtype=torch.long)
-            for row, sentence in enumerate(sentences):
-                n_words = len(sentence)
-                heads[row, 1 : n_words + 1] = torch.tensor(sentence.heads)
-                rel_ids[row, 1 : n_words + 1] = torch.tensor(
-                    vocab.relation_ids(
-                        sentence.relations,
-                        sentence,
-                        unknown=None if self.strict_relations else -1,
-                    )
-                )
-            result = replace(result, heads=heads, rel_ids=rel_ids)
-        if self.scheme is not None:
-            result = self._add_labels(result, sentences)
-        return result
+        encoded = self._encoded([sentence for _, sentence in items])
+        layout = WordLayout(np.array([len(e.words.word_ids) for e in encoded], dtype=np.int64))
+        result: dict[str, Tensor] = {
+            name: torch.from_numpy(array)
+            for name, array in layout.pad_words([e.words for e in encoded]).items()
+        }
+        result["sentence_ids"] = torch.tensor([sentence_id for sentence_id, _ in items])
 
-    def _add_labels(self, batch: DepBatch, sentences: Sequence[DepSentence]) -> DepBatch:
+        def pad(values: list[Any], fill: int, *, shift: int = 0) -> Tensor:
+            return torch.from_numpy(layout.pad(values, fill, shift=shift))
+
+        if self.labeled:
+            result["heads"] = pad([e.heads for e in encoded], -1, shift=1)
+            result["rel_ids"] = pad([e.rel_ids for e in encoded], -1, shift=1)
         scheme = self.scheme
-        assert scheme is not None
-        scheme_upos = scheme.upos_ids([s.upos for s in sentences], max_len=batch.max_len)
-        label_heads = scheme.label_heads(
-            batch.lengths, scheme_upos if scheme.encoding == "pos" else None, max_len=batch.max_len
-        )
-        changes: dict[str, Tensor] = {"label_heads": label_heads, "scheme_upos_ids": scheme_upos}
+        if scheme is not None:
+            result["scheme_upos_ids"] = pad([e.scheme_upos for e in encoded], -1)
+            if self.label_ids:
+                result["label_ids"] = pad([e.label_ids for e in encoded], -1)
+            if self.code_heads:
+                table = layout.pad([e.code_heads for e in encoded], -1)  # [B, N, K]
+                result["code_heads"] = torch.from_numpy(table)
+                if self.label_heads:
+                    label_code = scheme.arrays.label_code
+                    result["label_heads"] = torch.from_numpy(table[:, :, label_code])
+        return DepBatch(**result)
+
+    def _encoded(self, sentences: Sequence[Any]) -> list[_Encoded]:
+        """Each sentence's arrays, from the cache or encoded now (label -> head tables batched
+        over the sentences not seen before)."""
+        cache = self._cache
+        found: list[_Encoded | None] = [None] * len(sentences)
+        if self.cache:
+            with contextlib.suppress(TypeError):  # a sentence that takes no weak reference
+                found = [cache.get(sentence) for sentence in sentences]
+        missing = [index for index, entry in enumerate(found) if entry is None]
+        if missing:
+            new = [sentences[index] for index in missing]
+            tables = self._code_head_tables(new)
+            inputs = self.encoder.encode(
+                [sentence.words for sentence in new], [sentence.upos for sentence in new]
+            )
+            for index, sentence, words, table in zip(missing, new, inputs, tables, strict=True):
+                entry = self._encode(sentence, words, table)
+                found[index] = entry
+                if self.cache:
+                    with contextlib.suppress(TypeError):  # no weak reference to it: not kept
+                        cache[sentence] = entry
+        return found  # type: ignore[return-value]
+
+    def _code_head_tables(self, sentences: Sequence[Any]) -> list[np.ndarray | None]:
+        """``[n_words, K]`` label -> head table of each sentence (``None`` without a scheme),
+        computed in one batched call."""
+        scheme = self.scheme
+        if scheme is None or not self.code_heads:
+            return [None] * len(sentences)
+        lengths = np.array([len(sentence.words) for sentence in sentences], dtype=np.int64)
+        tags = None
+        if scheme.encoding == "pos":
+            tags = np.concatenate([self._scheme_tags(sentence) for sentence in sentences])
+        table = scheme.word_code_heads(lengths, tags).astype(np.int32)  # [words, K]
+        bounds = [0, *np.cumsum(lengths).tolist()]
+        return [table[start:stop] for start, stop in itertools.pairwise(bounds)]
+
+    def _scheme_tags(self, sentence: Any) -> np.ndarray:
+        """``[n]`` each word's index in ``scheme.pos_tags`` (``-1``: none; every word of a
+        sentence without UPOS tags, ``upos=None``)."""
+        assert self.scheme is not None
+        if sentence.upos is None:
+            return np.full(len(sentence.words), -1, dtype=np.int64)
+        return self.scheme.tag_indices(sentence.upos)
+
+    def _encode(
+        self, sentence: Any, words: EncodedWords, code_heads: np.ndarray | None
+    ) -> _Encoded:
+        vocab, scheme = self.vocab, self.scheme
+        heads = rel_ids = label_ids = scheme_upos = None
         if self.labeled:
-            label_ids = torch.full((batch.batch_size, batch.max_len), -1, dtype=torch.long)
-            for row, sentence in enumerate(sentences):
-                label_ids[row, : len(sentence)] = torch.tensor(_known_labels(scheme, sentence))
-            changes["label_ids"] = label_ids
-        return replace(batch, **changes)
-
-
-def _known_labels(scheme: DepLabelScheme, sentence: DepSentence) -> list[int]:
-    """Gold label index of every word, ``-1`` for a label outside the scheme."""
-    labels = encode_tree(
-        sentence.heads, sentence.relations, sentence.upos, encoding=scheme.encoding
-    )
-    return [scheme.index(label) if label in scheme else -1 for label in labels]
+            heads = np.array(sentence.heads, dtype=np.int64)
+            rel_ids = np.array(
+                vocab.relation_ids(
+                    sentence.relations, sentence, unknown=None if self.strict_relations else -1
+                ),
+                dtype=np.int64,
+            )
+        if scheme is not None:
+            scheme_upos = self._scheme_tags(sentence)
+            if self.label_ids:
+                label_ids = np.array(
+                    scheme.known_labels(sentence.heads, sentence.relations, sentence.upos),
+                    dtype=np.int64,
+                )
+        return _Encoded(
+            words=words,
+            heads=heads,
+            rel_ids=rel_ids,
+            label_ids=label_ids,
+            scheme_upos=scheme_upos,
+            code_heads=code_heads,
+        )

@@ -13,7 +13,7 @@ Its output distribution is ``Factorized`` (per-word softmax), so a teacher's arc
 onto the labels (``DepLabelScheme.label_heads``) give an exact KD loss (cases 1b, 2b of
 docs/design.md).
 Decoding takes each word's best label and repairs the result into a tree
-(``DepLabelScheme.decode``).
+(``structkd.serve.trees.decode_scores``, numpy, batched: the exported student decodes with it too).
 
 Typical use::
 
@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 from structkd.data.dep_batching import DepBatch, DepVocab
 from structkd.data.dep_encodings import DepLabelScheme
 from structkd.models.dep_encoder import DepEncoderConfig, DepWordEncoder
+from structkd.serve.trees import decode_scores, head_probabilities, problem_names
 from structkd.structures.base import NumericalError
 from structkd.structures.factorized import Factorized
 
@@ -118,13 +120,16 @@ class DepPrediction(NamedTuple):
             ``vocab.relations``), ``-1`` at position 0 and at padding (and for a relation the
             vocabulary lacks).
         well_formed: ``[B]`` bool, True when the predicted labels formed a tree before repair.
-        problems: per sentence, what the repair fixed (names in ``dep_encodings.PROBLEMS``).
+        problems: per sentence, what the repair fixed (names in ``serve.trees.PROBLEMS``).
+        head_probs: ``[B, N + 1]`` float64 probability of each decoded head under the model
+            (``decode(..., head_probs=True)``; ``0`` at position 0 and at padding), or ``None``.
     """
 
     heads: Tensor
     rel_ids: Tensor
     well_formed: Tensor
     problems: list[tuple[str, ...]]
+    head_probs: Tensor | None = None
 
 
 class SequenceLabelingParser(nn.Module):
@@ -161,8 +166,11 @@ class SequenceLabelingParser(nn.Module):
         else:
             self.hidden = nn.Identity()
         self.output = nn.Linear(features, scheme.n_labels)
-        # relation name -> index in vocab.relations (decode maps a relation it lacks to -1)
-        self._relation_index = {relation: index for index, relation in enumerate(vocab.relations)}
+        # the scheme's relation index -> index in vocab.relations (-1: a relation it lacks)
+        relation_index = {relation: index for index, relation in enumerate(vocab.relations)}
+        self._vocab_relation = np.array(
+            [relation_index.get(relation, -1) for relation in scheme.relations], dtype=np.int64
+        )
 
     @property
     def n_labels(self) -> int:
@@ -217,15 +225,61 @@ class SequenceLabelingParser(nn.Module):
         return loss.to(logits.dtype)
 
     @torch.no_grad()
-    def decode(self, batch: DepBatch, logits: Tensor) -> DepPrediction:
+    def decode(self, batch: DepBatch, logits: Tensor, *, head_probs: bool = False) -> DepPrediction:
         """Best label of every word, turned into heads and relations and repaired into trees by
-        ``scheme.decode(log_softmax(logits), lengths, scheme_upos_ids)``.
+        ``structkd.serve.trees.decode_scores`` on ``log_softmax(logits)`` (numpy, batched; the
+        exported model decodes with the same function).
 
-        ``logits`` ``[B, N, L]``. Returns a ``DepPrediction`` (tensors on the device of
-        ``logits``). The ``"pos"`` encoding needs ``batch.scheme_upos_ids`` (``ValueError``
-        otherwise).
+        ``logits`` ``[B, N, L]``. The label -> head tables are ``batch.code_heads`` (collated
+        with the scheme), else computed from the lengths (and, for the ``"pos"`` encoding,
+        ``batch.scheme_upos_ids``; ``ValueError`` without them). ``head_probs``: also return
+        each decoded head's probability, ``P(head_i = h) = sum_{l : head(l) = h} softmax(
+        logits[i])[l]``. Returns a ``DepPrediction`` (tensors on the device of ``logits``).
         """
         self._check_logits(logits, batch)
+        code_heads = self._code_heads(batch)  # [B, N, K] numpy
+        log_probabilities = torch.log_softmax(logits.detach().float(), dim=-1)
+        # a row of logits with a NaN has a NaN normalizer: every log-probability of it is NaN
+        if (torch.isnan(log_probabilities[:, :, 0]) & batch.mask.to(logits.device)).any():
+            raise NumericalError("label scores contain NaN")
+        scores = log_probabilities.cpu().numpy()
+        lengths = batch.lengths.cpu().numpy()
+        arrays = self.scheme.arrays
+        trees = decode_scores(
+            scores,
+            code_heads,
+            lengths,
+            label_code=arrays.label_code,
+            label_relation=arrays.label_relation,
+            root_labels=arrays.root_labels,
+        )
+        relations = np.where(trees.relations >= 0, self._vocab_relation[trees.relations], -1)
+        first = np.full((len(lengths), 1), -1, dtype=np.int64)
+        device = logits.device
+        probabilities = None
+        if head_probs:
+            found = head_probabilities(
+                scores, code_heads, trees.heads, label_code=arrays.label_code
+            )
+            root = np.zeros((len(lengths), 1))
+            probabilities = torch.from_numpy(np.concatenate([root, found], axis=1)).to(device)
+        return DepPrediction(
+            heads=torch.from_numpy(np.concatenate([first, trees.heads], axis=1)).to(device),
+            rel_ids=torch.from_numpy(np.concatenate([first, relations], axis=1)).to(device),
+            well_formed=torch.from_numpy(trees.well_formed).to(device),
+            problems=problem_names(trees.problems),
+            head_probs=probabilities,
+        )
+
+    def _code_heads(self, batch: DepBatch) -> np.ndarray:
+        """``[B, N, K]`` the head each code denotes for each word of ``batch`` (numpy)."""
+        if batch.code_heads is not None:
+            if batch.code_heads.shape[-1] != self.scheme.n_codes:
+                raise ValueError(
+                    f"the batch was collated with a scheme of {batch.code_heads.shape[-1]} head "
+                    f"codes, this parser's has {self.scheme.n_codes}"
+                )
+            return batch.code_heads.cpu().numpy()
         upos_ids = None
         if self.scheme.encoding == "pos":
             if batch.scheme_upos_ids is None:
@@ -233,26 +287,9 @@ class SequenceLabelingParser(nn.Module):
                     "decoding the 'pos' encoding needs batch.scheme_upos_ids: collate with the "
                     "scheme, DepCollator(vocab, scheme)"
                 )
-            upos_ids = batch.scheme_upos_ids.to(logits.device)
-        lengths = batch.lengths.to(logits.device)
-        log_probabilities = torch.log_softmax(logits.detach().float(), dim=-1)
-        trees = self.scheme.decode(log_probabilities, lengths, upos_ids)
-        batch_size, max_len = logits.shape[:2]
-        heads = [[-1] * (max_len + 1) for _ in range(batch_size)]
-        rel_ids = [[-1] * (max_len + 1) for _ in range(batch_size)]
-        for row, tree in enumerate(trees):
-            heads[row][1 : len(tree.heads) + 1] = tree.heads
-            rel_ids[row][1 : len(tree.relations) + 1] = [
-                self._relation_index.get(rel, -1) for rel in tree.relations
-            ]
-        device = logits.device
-        return DepPrediction(
-            heads=torch.tensor(heads, dtype=torch.long, device=device),
-            rel_ids=torch.tensor(rel_ids, dtype=torch.long, device=device),
-            well_formed=torch.tensor(
-                [tree.well_formed for tree in trees], dtype=torch.bool, device=device
-            ),
-            problems=[tree.problems for tree in trees],
+            upos_ids = batch.scheme_upos_ids.cpu().numpy()
+        return self.scheme.code_head_array(
+            batch.lengths.cpu().numpy(), upos_ids, max_len=batch.max_len
         )
 
     def _check_logits(self, logits: Tensor, batch: DepBatch | None = None) -> None:

@@ -6,8 +6,9 @@
 * ``structkd.serve.predictor``: the ``Predictor`` base class (input normalization, length-sorted
   batches, thread count) that each task's predictors extend;
 * ``structkd.serve.manifest``: the exported model directory (``export.json``);
-* ``structkd.serve.numpy_ops``: decoding in numpy (Viterbi, forward-backward marginals, tree
-  repair) for exported models.
+* ``structkd.serve.chain`` and ``structkd.serve.trees``: decoding in numpy for exported models
+  (linear chains: Viterbi, forward-backward marginals, span probabilities; dependency labels:
+  label decoding and tree repair).
 
 Nothing here imports torch: an exported model is served with numpy and onnxruntime only (the
 ``serve`` extra). ``structkd.load`` (``structkd.api.load``) is the entry point.

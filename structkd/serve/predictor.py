@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import fields
+from itertools import repeat
 from typing import Any, overload
 
 from structkd.serve.results import Document, Sentence, Token
 from structkd.serve.text import TokenizedSentence, from_tokens, split_text
 
 __all__ = ["Predictor", "length_sorted_batches"]
+
+_TOKEN_ORDER = tuple(field.name for field in fields(Token) if field.init)
+_TOKEN_FIELDS = frozenset(_TOKEN_ORDER)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -64,7 +69,14 @@ class Predictor(ABC):
         self, document: Document, sentence_index: int, sentence: Sentence, result: Any
     ) -> None:
         """Write ``result`` (of ``label_batch``) into ``sentence`` (the ``sentence_index``-th of
-        ``document``): its tokens' fields and, for NER, the document's entities."""
+        ``document``): its tokens' fields (those ``token_fields`` does not give) and, for NER,
+        the document's entities."""
+
+    def token_fields(self, result: Any) -> dict[str, Sequence[Any]]:
+        """The ``Token`` fields that ``result`` (of ``label_batch``) gives, one value per token
+        (field name -> values): set as the tokens are made, before ``annotate`` (cheaper than
+        setting them one token at a time). None by default."""
+        return {}
 
     # -- the API ----------------------------------------------------------------------------------
 
@@ -110,21 +122,10 @@ class Predictor(ABC):
         for text, sentences in documents:
             document = Document(text=text, sentences=[])
             for index, tokenized in enumerate(sentences):
-                sentence = Sentence(
-                    tokens=[
-                        Token(
-                            text=word,
-                            start=start,
-                            end=end,
-                            upos=None if tokenized.upos is None else tokenized.upos[k],
-                        )
-                        for k, (word, start, end) in enumerate(
-                            zip(tokenized.tokens, tokenized.starts, tokenized.ends, strict=True)
-                        )
-                    ]
-                )
+                result = results[position]
+                sentence = Sentence(tokens=_tokens(tokenized, self.token_fields(result)))
                 document.sentences.append(sentence)
-                self.annotate(document, index, sentence, results[position])
+                self.annotate(document, index, sentence, result)
                 position += 1
             out.append(document)
         return out
@@ -144,6 +145,24 @@ class Predictor(ABC):
             f"{type(self).__name__}(task={self.task!r}, backend={self.backend!r}, "
             f"model_dir={str(self.model_dir)!r})"
         )
+
+
+def _tokens(sentence: TokenizedSentence, given: dict[str, Sequence[Any]]) -> list[Token]:
+    """The ``Token``s of a tokenized sentence: text, offsets, the ``upos`` it was given and
+    the fields ``given`` (``Token`` field name -> one value per token)."""
+    columns = {"text": sentence.tokens, "start": sentence.starts, "end": sentence.ends}
+    if sentence.upos is not None:
+        columns["upos"] = sentence.upos
+    columns.update(given)
+    size = len(sentence.tokens)
+    for name, values in columns.items():
+        if len(values) != size:
+            raise ValueError(f"a sentence of {size} tokens has {len(values)} {name} values")
+    if not _TOKEN_FIELDS.issuperset(columns):
+        raise ValueError(f"tokens have no field {sorted(set(columns) - _TOKEN_FIELDS)}")
+    # every field in ``Token``'s order, positionally (None where no column gives it)
+    missing = repeat(None)
+    return list(map(Token, *[columns.get(name, missing) for name in _TOKEN_ORDER]))
 
 
 def _joined(sentences: Sequence[TokenizedSentence]) -> TokenizedSentence:

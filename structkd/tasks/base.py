@@ -14,10 +14,11 @@ Two kinds of members:
   ``report_scores``: what a report summarizes), the KD methods and temperature modes the task
   implements, whether it can learn from unlabeled text, its built-in experiment cases, its
   architectures;
-* **hooks** (methods): the commands (``train``, ``distill``, ``evaluate``, ``predict``), the
-  pieces the engine calls while training (``forward``, ``gold_loss``, ``kd_loss``,
-  ``dev_counts``, ``dev_scores``, ``save_model``, ``load_model``, ``evaluate_model``) and the
-  printing of its scores.
+* **hooks** (methods): the commands (``train``, ``distill``, ``evaluate``), serving
+  (``load_predictor``, ``export``, ``write_documents``: what ``structkd.load``, ``structkd
+  export`` and ``structkd predict`` call), the pieces the engine calls while training
+  (``forward``, ``gold_loss``, ``kd_loss``, ``dev_counts``, ``dev_scores``, ``save_model``,
+  ``load_model``, ``evaluate_model``) and the printing of its scores.
 """
 
 from __future__ import annotations
@@ -154,20 +155,6 @@ class Task(ABC):
         ``include_punct`` and ``scheme`` (the tag scheme of tagged data) are options of some
         tasks; a task refuses a value it cannot honour."""
 
-    @abstractmethod
-    def predict(
-        self,
-        model_dir: str | os.PathLike[str],
-        input: str | os.PathLike[str],
-        output: str | os.PathLike[str] | TextIO | None = None,
-        *,
-        input_format: str = "auto",
-        scheme: str = "bioes",
-        batch_size: int = 64,
-        device: str = "cpu",
-    ) -> int:
-        """Label ``input`` and write the result to ``output``; returns the sentences written."""
-
     # -- serving ----------------------------------------------------------------------------------
 
     output_formats: ClassVar[tuple[str, ...]] = ("json",)
@@ -180,10 +167,13 @@ class Task(ABC):
         batch_size: int = 64,
         num_threads: int | None = None,
         device: str = "cpu",
+        scheme: str = "bioes",
     ) -> Any:
         """A ``structkd.serve.predictor.Predictor`` for the model in ``model_dir``: a trained
         model directory (torch) or an exported one (``export.json``; served without torch).
-        A task without predictors refuses (``ValueError``)."""
+        ``scheme``: the tag scheme of a tagger's token tags (``bioes`` or ``iob2``); a task
+        that writes no tags refuses any other value than the default. A task without
+        predictors refuses (``ValueError``)."""
         raise ValueError(f"the {self.title} task has no predictor (structkd.load)")
 
     def export(
@@ -227,14 +217,15 @@ class ModuleTask(Task):
     """A ``Task`` whose commands live in a module, ``commands_module``, imported when a command
     runs (so that the registry, the CLI's ``--help`` and the experiment planner stay cheap). That
     module defines ``count_sentences(data, *, max_sentences)``, ``prepare_train(options)``,
-    ``prepare_distill(options)``, ``evaluate(model_dir, data, **options)`` and
-    ``predict(model_dir, input, output, **options)``; the options are checked here first."""
+    ``prepare_distill(options)`` and ``evaluate(model_dir, data, **options)``; the options are
+    checked here first. Serving lives in ``serving_module`` (below)."""
 
     commands_module: ClassVar[str]
     serving_module: ClassVar[str]
     """The module of the task's predictors and export, importable without torch: it defines
-    ``load_predictor(model_dir, **options)``, ``export(model_dir, out, format=...)`` and
-    ``write_documents(stream, documents, format=..., scheme=...)``."""
+    ``load_predictor(model_dir, *, batch_size, num_threads, device, scheme)``,
+    ``export(model_dir, out, *, format)`` and ``write_documents(stream, documents, *, format,
+    scheme)`` (``Task``'s hooks of the same names)."""
 
     def commands(self) -> Any:
         """The module of the task's commands."""
@@ -244,8 +235,18 @@ class ModuleTask(Task):
         """The module of the task's predictors (no torch at import)."""
         return importlib.import_module(self.serving_module)
 
-    def load_predictor(self, model_dir: str | os.PathLike[str], **options: Any) -> Any:
-        return self.serving().load_predictor(model_dir, **options)
+    def load_predictor(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        batch_size: int = 64,
+        num_threads: int | None = None,
+        device: str = "cpu",
+        scheme: str = "bioes",
+    ) -> Any:
+        return self.serving().load_predictor(
+            model_dir, batch_size=batch_size, num_threads=num_threads, device=device, scheme=scheme
+        )
 
     def export(
         self, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, format: str
@@ -279,12 +280,3 @@ class ModuleTask(Task):
         self, model_dir: str | os.PathLike[str], data: str, **options: Any
     ) -> dict[str, Any]:
         return self.commands().evaluate(model_dir, data, **options)
-
-    def predict(
-        self,
-        model_dir: str | os.PathLike[str],
-        input: str | os.PathLike[str],
-        output: str | os.PathLike[str] | TextIO | None = None,
-        **options: Any,
-    ) -> int:
-        return self.commands().predict(model_dir, input, output, **options)

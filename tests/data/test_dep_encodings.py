@@ -1,30 +1,30 @@
 """Dependency parsing as sequence labeling: encodings, the label vocabulary, batched label -> head
-maps, decoding and tree repair."""
+maps, and the models' input encoding (decoding and tree repair: ``tests/serve/test_trees.py``)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from structkd.data.conllu_io import tree_problem
 from structkd.data.dep_encodings import (
     ENCODINGS,
-    PROBLEMS,
     ROOT_CODE,
     DepLabel,
     DepLabelScheme,
+    WordEncoder,
+    WordLayout,
     decode_heads,
     encode_heads,
     encode_tree,
     head_of,
-    repair_tree,
 )
-from structkd.structures.base import NumericalError
+from structkd.data.vocab import Vocabulary
 
 TAGS = ("NOUN", "VERB", "ADJ")
 RELATIONS = ("nsubj", "obj", "amod")
@@ -122,19 +122,22 @@ def test_bad_inputs():
 @settings(max_examples=40, deadline=None)
 @given(batch=st.lists(trees(), min_size=1, max_size=5))
 def test_scheme_round_trip_batched(encoding, batch):
-    """Valid trees decode exactly, from label indices and from (one-hot) label scores."""
+    """The gold labels of valid trees denote their heads in the batched map; the scheme survives
+    ``to_dict``/``from_dict``."""
     scheme = DepLabelScheme.from_sentences(batch, encoding=encoding)
     assert scheme.coverage(batch) == 1.0
     lengths = torch.tensor([len(tree.heads) for tree in batch])
     upos_ids = scheme.upos_ids([tree.upos for tree in batch])
-    label_ids = _pad([scheme.encode(t.heads, t.relations, t.upos) for t in batch])
-    scores = torch.nn.functional.one_hot(label_ids.clamp(min=0), scheme.n_labels).double() * 5.0
-    for predictions in (label_ids, scores):
-        decoded = scheme.decode(predictions, lengths, upos_ids)
-        for tree, result in zip(batch, decoded, strict=True):
-            assert list(result.heads) == tree.heads
-            assert list(result.relations) == tree.relations
-            assert result.well_formed and result.problems == ()
+    label_ids = _pad([scheme.encode(t.heads, t.relations, t.upos) for t in batch], 0)
+    label_heads = scheme.label_heads(lengths, upos_ids)
+    heads = label_heads.gather(2, label_ids[..., None]).squeeze(2)
+    for b, tree in enumerate(batch):
+        assert heads[b, : len(tree.heads)].tolist() == tree.heads
+        relations = scheme.label_relation[label_ids[b, : len(tree.heads)]]
+        assert [scheme.relations[r] for r in relations] == tree.relations
+    again = DepLabelScheme.from_dict(scheme.to_dict())
+    assert again.labels == scheme.labels and again.root_relation == scheme.root_relation
+    assert torch.equal(again.label_heads(lengths, upos_ids), label_heads)
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
@@ -156,7 +159,15 @@ def test_label_heads_matches_pure_python(encoding, batch, sentences):
     label_heads = scheme.label_heads(lengths, upos_ids)
     assert label_heads.shape == (len(sentences), max_len, scheme.n_labels)
     code_heads = scheme.code_heads(lengths, upos_ids)
+    # the flat map of the words of all sentences, and one sentence's, are rows of the same
+    flat = scheme.word_code_heads(
+        lengths.numpy(), scheme.tag_indices([tag for tags in sentences for tag in tags])
+    )
+    assert flat.tolist() == code_heads[torch.arange(max_len) < lengths[:, None]].tolist()
     for b, tags in enumerate(sentences):
+        assert torch.equal(
+            scheme.sentence_label_heads(len(tags), tags), label_heads[b, : len(tags)]
+        )
         n_words = len(tags)
         assert (label_heads[b, n_words:] == -1).all()
         for word in range(1, n_words + 1):
@@ -170,15 +181,14 @@ def test_label_heads_matches_pure_python(encoding, batch, sentences):
             assert word not in valid
 
 
-def test_sentence_label_heads_and_decode_sentence():
+def test_sentence_label_heads():
     tree = Tree([2, 0, 2], ["nsubj", "root", "obj"], ["NOUN", "VERB", "NOUN"])
     scheme = DepLabelScheme.from_sentences([tree], encoding="pos")
     table = scheme.sentence_label_heads(3, tree.upos)
     assert table.shape == (3, scheme.n_labels)
     ids = torch.tensor(scheme.encode(tree.heads, tree.relations, tree.upos))
     assert table.gather(1, ids[:, None]).squeeze(1).tolist() == tree.heads
-    result = scheme.decode_sentence(ids, tree.upos)
-    assert list(result.heads) == tree.heads and result.well_formed
+    assert scheme.known_labels([0, 1, 1], ["root", "obj", "obj"], tree.upos)[1:] == [-1, -1]
 
 
 def test_encode_unknown_label_and_index():
@@ -204,144 +214,61 @@ def test_from_sentences_orders_by_frequency_and_min_count():
     assert len(DepLabelScheme.from_sentences(batch, encoding="offset", min_count=2)) == 2
 
 
-# ----------------------------------------------------------------------------- repair
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.lists(st.integers(-2, 10), min_size=1, max_size=9), st.data())
-def test_repair_always_gives_a_tree(heads, data):
-    n_words = len(heads)
-    use_scores = data.draw(st.booleans())
-    scores = st.lists(st.floats(-1e4, 1e4), min_size=n_words, max_size=n_words)
-    confidence = data.draw(scores) if use_scores else None
-    root_scores = data.draw(scores) if use_scores else None
-    fixed, problems = repair_tree(heads, confidence=confidence, root_scores=root_scores)
-    assert tree_problem(fixed) is None
-    assert set(problems) <= set(PROBLEMS)
-    was_tree = tree_problem(heads) is None
-    assert (problems == ()) == was_tree
-    if was_tree:
-        assert fixed == heads
-    if problems == ("invalid head",):  # one root, no cycle: only the invalid heads change
-        for word, (before, after) in enumerate(zip(heads, fixed, strict=True), start=1):
-            if 0 <= before <= n_words and before != word:
-                assert after == before
-
-
-def test_repair_heuristics():
-    # several roots: keep the first, the others attach to it
-    assert repair_tree([0, 0, 2]) == ([0, 1, 2], ("multiple roots",))
-    # ... or the most confident one
-    assert repair_tree([0, 0, 2], confidence=[0.1, 0.9, 0.5]) == ([2, 0, 2], ("multiple roots",))
-    # invalid heads attach to the root word
-    assert repair_tree([2, 0, 7]) == ([2, 0, 2], ("invalid head",))
-    # no root: the first word with an invalid head becomes the root
-    assert repair_tree([2, 3, -1]) == ([2, 3, 0], ("invalid head", "no root"))
-    # no root and no invalid head: the first word on a cycle becomes the root
-    assert repair_tree([2, 3, 2]) == ([2, 0, 2], ("no root",))
-    # no root, with root scores: the best root candidate
-    assert repair_tree([2, 3, 1], root_scores=[0.0, 0.0, 3.0]) == ([2, 3, 0], ("no root",))
-    # a cycle: its lowest-numbered word attaches to the root word
-    assert repair_tree([0, 3, 2, 3]) == ([0, 1, 2, 3], ("cycle",))
-    # a self-loop is an invalid head
-    assert repair_tree([0, 2]) == ([0, 1], ("invalid head",))
-    with pytest.raises(ValueError, match="at least one word"):
-        repair_tree([])
-
-
-@pytest.mark.parametrize("encoding", ENCODINGS)
-@settings(max_examples=40, deadline=None)
-@given(batch=st.lists(trees(max_words=8), min_size=1, max_size=4), data=st.data())
-def test_decode_random_labels_always_gives_trees(encoding, batch, data):
-    """Random label indices and random scores (|s| up to 1e4) always decode into trees; the
-    well-formed flag says whether the best labels formed a tree before repair."""
-    scheme = DepLabelScheme.from_sentences(batch, encoding=encoding)
-    lengths = torch.tensor([len(tree.heads) for tree in batch])
-    upos_ids = scheme.upos_ids([tree.upos for tree in batch])
-    max_len = int(lengths.max())
-    label_ids = torch.tensor(
-        data.draw(
-            st.lists(
-                st.lists(st.integers(0, scheme.n_labels - 1), min_size=max_len, max_size=max_len),
-                min_size=len(batch),
-                max_size=len(batch),
-            )
-        )
-    )
-    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
-    scale = data.draw(st.sampled_from((1.0, 1e4)))
-    scores = torch.randn(len(batch), max_len, scheme.n_labels, generator=generator) * scale
-    for predictions in (label_ids, scores):
-        decoded = scheme.decode(predictions, lengths, upos_ids)
-        best = predictions if predictions.dim() == 2 else predictions.argmax(-1)
-        for b, (tree, result) in enumerate(zip(batch, decoded, strict=True)):
-            n_words = len(tree.heads)
-            assert len(result.heads) == len(result.relations) == n_words
-            assert tree_problem(list(result.heads)) is None
-            assert set(result.relations) <= set(scheme.relations)
-            raw = [
-                head_of(scheme.labels[label].head_code, word, n_words, tree.upos, encoding=encoding)
-                for word, label in enumerate(best[b, :n_words].tolist(), start=1)
-            ]
-            assert result.well_formed == (tree_problem(raw) is None)
-            if result.well_formed:
-                assert list(result.heads) == raw
-
-
-def test_decode_with_scores_uses_next_best_valid_label():
-    tree = Tree([2, 0, 2], ["nsubj", "root", "obj"], ["NOUN", "VERB", "NOUN"])
-    scheme = DepLabelScheme.from_sentences([tree], encoding="offset")
-    invalid_for_word_3 = scheme.index(DepLabel(1, None, "nsubj"))  # word 3 + 1 is outside
-    scores = torch.full((1, 3, scheme.n_labels), -5.0)
-    gold = scheme.encode(tree.heads, tree.relations)
-    scores[0, torch.arange(3), torch.tensor(gold)] = 1.0
-    scores[0, 2, invalid_for_word_3] = 9.0
-    result = scheme.decode(scores, torch.tensor([3]))[0]
-    assert list(result.heads) == tree.heads and list(result.relations) == tree.relations
-    assert result.problems == ("invalid head",) and not result.well_formed
-
-
-def test_decode_repaired_root_gets_root_relation():
-    tree = Tree([2, 0], ["nsubj", "root"], ["NOUN", "VERB"])
-    scheme = DepLabelScheme.from_sentences(
-        [tree, Tree([0, 1], ["root", "obj"], ["NOUN", "VERB"])], encoding="offset"
-    )
-    # both words point at each other: no root; the first word on the cycle becomes the root
-    ids = torch.tensor(
-        [[scheme.index(DepLabel(1, None, "nsubj")), scheme.index(DepLabel(-1, None, "obj"))]]
-    )
-    result = scheme.decode(ids, torch.tensor([2]))[0]
-    assert result.heads == (0, 1) and result.relations == ("root", "obj")
-    assert result.problems == ("no root",)
-    # with scores, the root is the word with the best root label, re-attached words take the best
-    # label that denotes their new head
-    scores = torch.full((1, 2, scheme.n_labels), -10.0)
-    scores[0, 0, scheme.index(DepLabel(1, None, "nsubj"))] = 5.0
-    scores[0, 1, scheme.index(DepLabel(-1, None, "obj"))] = 5.0
-    scores[0, 1, scheme.index(DepLabel(0, None, "root"))] = 1.0
-    result = scheme.decode(scores, torch.tensor([2]))[0]
-    assert result.heads == (2, 0) and result.relations == ("nsubj", "root")
-
-
-def test_decode_validates():
+def test_label_heads_validates():
     tree = Tree([2, 0], ["nsubj", "root"], ["NOUN", "VERB"])
     scheme = DepLabelScheme.from_sentences([tree], encoding="pos")
     lengths = torch.tensor([2])
-    upos_ids = scheme.upos_ids([tree.upos])
-    with pytest.raises(ValueError, match="label indices must lie in"):
-        scheme.decode(torch.tensor([[0, 7]]), lengths, upos_ids)
-    with pytest.raises(ValueError, match="n_labels=2"):
-        scheme.decode(torch.zeros(1, 2, 3), lengths, upos_ids)
-    with pytest.raises(ValueError, match="predictions must be"):
-        scheme.decode(torch.zeros(1, 2), lengths, upos_ids)
-    with pytest.raises(NumericalError, match="NaN"):
-        scheme.decode(torch.full((1, 2, 2), float("nan")), lengths, upos_ids)
     with pytest.raises(ValueError, match="needs upos_ids"):
         scheme.label_heads(lengths)
-    with pytest.raises(ValueError, match="lengths"):
-        scheme.decode(torch.zeros(1, 2, dtype=torch.long), torch.tensor([3]), upos_ids)
-    # padding may hold anything, e.g. -1
-    assert scheme.decode(torch.tensor([[0, 1, -1]]), lengths, scheme.upos_ids([tree.upos], 3))
+    with pytest.raises(ValueError, match="lengths must be <= the padded length 2"):
+        scheme.label_heads(torch.tensor([3]), scheme.upos_ids([tree.upos]))
+    with pytest.raises(ValueError, match="upos_ids must have shape"):
+        scheme.label_heads(lengths, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="malformed label scheme"):
+        DepLabelScheme.from_dict({"labels": [[0, None]], "encoding": "pos"})
+
+
+def test_scheme_and_word_encoding_import_no_torch():
+    """An exported model's predictor reads its scheme and encodes its words without torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from structkd.data.dep_encodings import DepLabelScheme, DepLabel, "
+        "WordEncoder; s = DepLabelScheme([DepLabel(0, None, 'root')], encoding='offset'); "
+        "s.word_code_heads([2]); assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------------------ word encoding
+
+
+def test_word_encoder_and_layout():
+    words = Vocabulary(["ev", "kedi"])  # ev 2, kedi 3
+    chars = Vocabulary(["e", "v", "K", "d", "i", "ş"])  # e 2, v 3, K 4, d 5, i 6, ş 7
+    upos = Vocabulary(["NOUN", "PUNCT"])  # NOUN 2, PUNCT 3
+    encoder = WordEncoder(words, chars, upos, max_word_chars=3)
+    first, second = encoder.encode([["Ev", "Kedi", "."], ["şu"]], [["NOUN", "NOUN", "PUNCT"], None])
+    unk = chars.unk_index
+    assert first.word_ids.tolist() == [2, 3, 1]  # lowercased; "." unseen
+    assert first.char_counts.tolist() == [2, 3, 1]  # "Kedi" cut to 3 characters
+    assert first.char_ids.tolist() == [unk, 3, 4, 2, 5, unk]  # cased: "E" unseen
+    assert first.upos_ids.tolist() == [2, 2, 3] and first.punct.tolist() == [False, False, True]
+    assert second.upos_ids.tolist() == [upos.pad_index] and not second.punct.any()  # no UPOS
+    assert second.char_ids.tolist() == [7, unk]
+    assert encoder(["Ev"], ["NOUN"]).word_ids.tolist() == [2]
+    assert encoder(["Ev", "!"], ["_", "INTJ"]).upos_ids.tolist() == [upos.pad_index, upos.unk_index]
+    layout = WordLayout(np.array([3, 1]))
+    padded = layout.pad_words([first, second])
+    assert padded["word_ids"].tolist() == [[2, 3, 1], [1, 0, 0]]
+    assert padded["char_ids"].shape == (2, 3, 3)
+    assert padded["char_ids"][0, 1].tolist() == [4, 2, 5]
+    assert padded["char_ids"][1].tolist() == [[7, unk, 0], [0, 0, 0], [0, 0, 0]]
+    assert padded["punct_mask"].tolist() == [[False, False, False, True], [False] * 4]
+    with pytest.raises(ValueError, match="one tag per word"):
+        encoder.encode([["a", "b"]], [["NOUN"]])
 
 
 # ----------------------------------------------------------------------- the real treebank
@@ -357,7 +284,7 @@ def _turkish_treebank_installed() -> bool:
 
 @pytest.mark.skipif(not _turkish_treebank_installed(), reason="turkish-treebanks is not installed")
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_turkish_dev_trees_decode_exactly(encoding):
+def test_turkish_dev_gold_labels_denote_the_gold_heads(encoding):
     from structkd.data.conllu_io import load_turkish_treebank
 
     scheme = DepLabelScheme.from_sentences(load_turkish_treebank("train"), encoding=encoding)
@@ -368,9 +295,7 @@ def test_turkish_dev_trees_decode_exactly(encoding):
         batch = dev[start : start + 64]
         lengths = torch.tensor([len(s) for s in batch])
         upos_ids = scheme.upos_ids([s.upos for s in batch])
-        label_ids = _pad([scheme.encode(s.heads, s.relations, s.upos) for s in batch])
-        for sentence, result in zip(
-            batch, scheme.decode(label_ids, lengths, upos_ids), strict=True
-        ):
-            assert result.heads == sentence.heads and result.relations == sentence.relations
-            assert result.well_formed
+        label_ids = _pad([scheme.encode(s.heads, s.relations, s.upos) for s in batch], 0)
+        heads = scheme.label_heads(lengths, upos_ids).gather(2, label_ids[..., None]).squeeze(2)
+        for row, sentence in enumerate(batch):
+            assert tuple(heads[row, : len(sentence)].tolist()) == sentence.heads

@@ -16,7 +16,7 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -264,9 +264,6 @@ class ToyTask(Task):
     def evaluate(self, model_dir, data, **kwargs) -> dict[str, Any]:
         return {"data": data, **score(load_toy(model_dir), read_data(data))}
 
-    def predict(self, model_dir, input, output: str | TextIO | None = None, **kwargs) -> int:
-        raise ValueError("the toy task does not predict")
-
     def score_line(self, name: str, scores: Mapping[str, Any]) -> str:
         return f"{name:<4} accuracy {100 * scores['accuracy']:.2f}"
 
@@ -321,6 +318,8 @@ def test_toy_task_trains_distills_and_evaluates_end_to_end(toy, tmp_path, one_th
     assert student["command"] == "distill" and student["dev"]["accuracy"] > 0.5
     evaluated = api.evaluate(str(tmp_path / "student"), str(data["test"]))
     assert evaluated["accuracy"] == pytest.approx(student["test"]["accuracy"])
+    with pytest.raises(ValueError, match="the toy tagging task has no predictor"):
+        api.load(str(tmp_path / "student"))  # serving hooks are optional
 
     # the task's own facts are what the checks read: a method it does not implement is refused
     with pytest.raises(ValueError, match="--task toy supports the KD methods"):

@@ -3,7 +3,9 @@
 Teachers are biaffine parsers (head selection, projective and non-projective tree CRFs,
 second-order mean-field and exact siblings); students label each word with its head (relative
 offset or relative PoS encoding) and relation. Scores: UAS and LAS (punctuation excluded unless
-asked) and, for students, the rate of well-formed trees before repair.
+asked) and, for students, the rate of well-formed trees before repair. Serving
+(``structkd.tasks.dep.serving``): a torch predictor for every model (head, relation and the head's
+probability per token), and the students' ONNX export, served with numpy and onnxruntime only.
 """
 
 from __future__ import annotations

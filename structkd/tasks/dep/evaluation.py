@@ -1,24 +1,23 @@
-"""Dependency evaluation (UAS, LAS, well-formed rate, speed) and prediction (CoNLL-U out)."""
+"""Dependency evaluation: UAS, LAS, the well-formed rate and the speed (prediction is
+``structkd.tasks.dep.serving``)."""
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from structkd.data.conllu_io import format_conllu
 from structkd.data.dep_batching import DepBatch, DepCollator
 from structkd.models.dep_tagger import SequenceLabelingParser
 from structkd.tasks.dep.data import DepSource, load_dep_source
 from structkd.tasks.dep.metrics import attachment_counts, attachment_scores, scored_word_mask
 from structkd.tasks.dep.model import load_dep_model, scheme_of
 from structkd.train.inference import sorted_batches, speed
-from structkd.train.outputs import output_stream
 
-__all__ = ["batch_counts", "evaluate_dep", "evaluate_dep_model", "predict_batch", "predict_dep"]
+__all__ = ["batch_counts", "evaluate_dep", "evaluate_dep_model", "predict_batch"]
 
 
 def predict_batch(model: torch.nn.Module, batch: DepBatch) -> tuple[Tensor, Tensor, Tensor]:
@@ -61,7 +60,14 @@ def evaluate_dep_model(
     """UAS, LAS (fractions in ``[0, 1]``; punctuation excluded unless ``include_punct``), the rate
     of well-formed trees before repair, and ``sentences_per_second`` over collation, scoring,
     decoding and counting of length-sorted batches."""
-    collator = DepCollator(model.vocab, scheme_of(model), labeled=True, strict_relations=False)
+    collator = DepCollator(
+        model.vocab,
+        scheme_of(model),
+        labeled=True,
+        strict_relations=False,
+        label_ids=False,
+        label_heads=False,
+    )
     counts = torch.zeros(3, dtype=torch.long)
     well_formed = 0
     was_training = model.training
@@ -98,38 +104,3 @@ def evaluate_dep(
         model, source, batch_size=batch_size, device=device, include_punct=include_punct
     )
     return {"model": os.fspath(model_dir), "data": data, **scores}
-
-
-def predict_dep(
-    model_dir: str | os.PathLike[str],
-    input: str | os.PathLike[str],
-    output: str | os.PathLike[str] | TextIO | None = None,
-    *,
-    batch_size: int = 64,
-    device: str = "cpu",
-    input_format: str = "auto",
-    scheme: str = "bioes",
-) -> int:
-    """Parse ``input`` (a CoNLL-U file or a treebank name; its UPOS column is read, its HEAD and
-    DEPREL are replaced) and write CoNLL-U to ``output`` (path, stream, or standard output);
-    returns the number of sentences. Multiword tokens, empty nodes and comments are kept.
-    ``input_format`` and ``scheme`` are the NER options: a treebank is always CoNLL-U, its
-    relations the model's own. A path ``output`` is checked before any work (not ``input``, in a
-    writable directory) and written through a temporary file renamed onto it at the end."""
-    with output_stream(output, inputs=[input]) as stream:
-        model, _ = load_dep_model(model_dir, device=device)
-        source = load_dep_source(os.fspath(input), role="input")
-        collator = DepCollator(model.vocab, scheme_of(model), labeled=False)
-        heads: list[list[int]] = [[] for _ in source.sentences]
-        relations: list[list[str]] = [[] for _ in source.sentences]
-        with torch.inference_mode():
-            for indices, batch in sorted_batches(source.sentences, collator, batch_size, device):
-                batch_heads, rel_ids, _ = predict_batch(model, batch)
-                for row, index in enumerate(indices):
-                    length = len(source.sentences[index])
-                    heads[index] = batch_heads[row, 1 : length + 1].tolist()
-                    relations[index] = [
-                        model.vocab.relations[r] for r in rel_ids[row, 1 : length + 1].tolist()
-                    ]
-        stream.write(format_conllu(source.sentences, heads, relations))
-    return len(source.sentences)

@@ -43,7 +43,7 @@ from structkd.train.fit import PreparedRun
 from structkd.train.module import KDSettings
 from structkd.train.options import DistillOptions, TrainOptions
 from structkd.train.runtime import cache_dir, configure_runtime, inference_device, seed
-from structkd.train.store import read_meta
+from structkd.train.store import ShardPlan, read_meta
 
 __all__ = ["ParserHooks", "prepare_distill", "prepare_train"]
 
@@ -186,8 +186,19 @@ def _run(
         train_parts=[Part("train", list(enumerate(train_source.sentences)), labeled=True)],
         dev_part=Part("dev", list(enumerate(dev.sentences)), labeled=True),
         collators={
-            "train": DepCollator(model.vocab, scheme, labeled=True),
-            "dev": DepCollator(model.vocab, scheme, labeled=True, strict_relations=False),
+            # cached: each epoch collates the same sentences again
+            "train": DepCollator(
+                model.vocab, scheme, labeled=True, label_heads=False, code_heads=False, cache=True
+            ),
+            "dev": DepCollator(
+                model.vocab,
+                scheme,
+                labeled=True,
+                strict_relations=False,
+                label_ids=False,
+                label_heads=False,
+                cache=True,
+            ),
         },
         target_readers=readers,
         kd=kd,
@@ -236,7 +247,9 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
                 temperature=options.temperature,
                 cache_dir=cache_dir(options.cache_dir),
                 device=device,
+                plan=ShardPlan.from_environment(),  # torchrun ranks share the shards
             )
+            assert directory is not None  # the plan finishes the entry
             entries.append(directory)
             report.append(
                 {

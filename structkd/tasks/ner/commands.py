@@ -1,13 +1,13 @@
 """The commands of the NER task (``structkd.tasks.ner.NerTask`` imports this module when one
-runs)."""
+runs); prediction and export are in ``structkd.tasks.ner.serving``."""
 
 from __future__ import annotations
 
 from structkd.tasks.ner.data import load_labeled
-from structkd.tasks.ner.evaluation import evaluate, predict
+from structkd.tasks.ner.evaluation import evaluate
 from structkd.tasks.ner.training import prepare_distill, prepare_train
 
-__all__ = ["count_sentences", "evaluate", "predict", "prepare_distill", "prepare_train"]
+__all__ = ["count_sentences", "evaluate", "prepare_distill", "prepare_train"]
 
 
 def count_sentences(data: str, *, max_sentences: int | None = None) -> int:

@@ -4,6 +4,7 @@ character offsets)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +34,9 @@ class NerLabels:
 
 
 class NerPredictor(Predictor):
-    """A NER predictor (either backend): ``label_batch`` returns ``NerLabels``; ``annotate``
-    fills the tokens' ``tag``/``tag_score`` and the document's ``entities``. ``scheme``: the tag
-    scheme of the token tags (``"bioes"`` or ``"iob2"``)."""
+    """A NER predictor (either backend): ``label_batch`` returns ``NerLabels``; the tokens get
+    their ``tag``/``tag_score`` (``token_fields``) and ``annotate`` fills the document's
+    ``entities``. ``scheme``: the tag scheme of the token tags (``"bioes"`` or ``"iob2"``)."""
 
     task = "ner"
 
@@ -45,16 +46,19 @@ class NerPredictor(Predictor):
             raise ValueError(f"scheme must be one of {', '.join(OUTPUT_SCHEMES)}; got {scheme!r}")
         self.scheme = scheme
 
+    def token_fields(self, result: NerLabels) -> dict[str, Sequence[Any]]:
+        """The tokens' ``tag`` and ``tag_score``."""
+        return {"tag": result.tags, "tag_score": result.tag_scores}
+
     def annotate(
         self, document: Document, sentence_index: int, sentence: Sentence, result: NerLabels
     ) -> None:
-        for token, tag, score in zip(sentence.tokens, result.tags, result.tag_scores, strict=True):
-            token.tag = tag
-            token.tag_score = score
+        """The document's entities (the tokens' tags come from ``token_fields``)."""
+        tokens, entities = sentence.tokens, document.entities
         for token_start, token_end, label, score in result.spans:
-            start = sentence.tokens[token_start].start
-            end = sentence.tokens[token_end - 1].end
-            document.entities.append(
+            start = tokens[token_start].start
+            end = tokens[token_end - 1].end
+            entities.append(
                 Entity(
                     text=document.text[start:end],
                     label=label,

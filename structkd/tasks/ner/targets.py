@@ -15,29 +15,48 @@ topk, topwk    ``kbest_tags [n, k]`` (int32, ``-1`` where fewer than ``k`` struc
 =============  ============================================================================
 
 An ensemble caches each teacher separately and mixes at load time (``KDTargets``).
+
+Entries are sharded (``structkd.train.store.build_sharded_entry``): shards of ``shard_size``
+consecutive sentences, each run through the teacher in length-sorted batches and written on its
+own, by ``workers`` processes and by several machines sharing the cache directory
+(``ShardPlan``); an interrupted build resumes at its first unfinished shard. The sentences may be
+a list or a ``TokenizedText`` (a tokenized text file read a shard at a time), so a build's memory
+is bounded by a shard whatever the corpus size. Format 2 (sharded) replaced format 1 (one array
+per quantity): format-1 entries are not read; their key differs, so they are rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import re
 import time
-from collections.abc import Sequence
+from array import array as int_array
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from structkd.data.conll import Sentence
+from structkd.data.conll import DataError, Sentence
 from structkd.distill.bridges import CHAIN_KINDS
 from structkd.distill.halves import cached_quantities, teacher_half
 from structkd.distill.methods import KD_METHODS, TEMPERATURE_MODES, method
 from structkd.tasks.ner.features import make_collator
 from structkd.tasks.ner.model import load_tagger, model_info
 from structkd.train.inference import sorted_batches
-from structkd.train.store import RaggedArray, build_entry, progress_bar, read_meta
+from structkd.train.store import (
+    RaggedWriter,
+    ShardedArray,
+    ShardPlan,
+    build_sharded_entry,
+    progress_bar,
+    read_meta,
+)
 
 __all__ = [
     "CACHE_FORMAT",
@@ -45,10 +64,11 @@ __all__ = [
     "KDTargets",
     "TargetReader",
     "TargetSpec",
+    "TokenizedText",
     "ensure_targets",
 ]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 STUDENT_KINDS = CHAIN_KINDS
 """The students of a tagger: ``"crf"`` (tag pairs and tokens) or ``"factorized"`` (tokens)."""
 
@@ -134,6 +154,203 @@ _PAD = {"float32": 0.0, "int32": -1}
 _PAD_BY_NAME = {"kbest_log_probs": -np.inf}
 
 
+_TOKEN_SEPARATOR = re.compile(r"[ \t]+")
+_LINE_EDGES = " \t\r"
+_BOM = b"\xef\xbb\xbf"
+
+
+class TokenizedText(Sequence[Sentence]):
+    """Tokenized text (one sentence per line, tokens separated by spaces or tabs, blank lines
+    skipped: what ``structkd.data.conll.read_tokenized`` reads) read from its file on demand.
+
+    Opening reads the file once, keeping per sentence the byte offset and number of its line
+    (``[n]`` int64 each, 16 bytes a sentence) and hashing its tokens: ``fingerprint`` is the
+    ``DataSource.fingerprint`` of the same text, so a cache built from it is the cache that
+    ``distill --unlabeled FILE`` reads. ``text[i]`` and ``text[a:b]`` read those lines again;
+    sentences are never all held in memory (a list of a million CoNLL-2003 sentences holds about
+    1.2 GB). Pickles as its path and offsets. ``DataError`` (file and line) for an empty file, one
+    with only blank lines, or bytes that are not UTF-8; a file changed since it was opened is
+    also a ``DataError``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = os.fspath(path)
+        offsets = int_array("q")  # 8 bytes a sentence while reading (a list: 36)
+        numbers = int_array("q")
+        digest = hashlib.sha256()
+        position, number = 0, 0
+        with open(self.path, "rb") as handle:
+            for raw in handle:
+                number += 1
+                start = position
+                position += len(raw)
+                if number == 1 and raw.startswith(_BOM):
+                    raw, start = raw[len(_BOM) :], start + len(_BOM)
+                tokens = self._tokens(raw, number)
+                if tokens:
+                    offsets.append(start)
+                    numbers.append(number)
+                    digest.update("\x1f".join(tokens).encode("utf-8"))
+                    digest.update(b"\x1e")
+        if position == 0:
+            raise DataError(self.path, 1, "the file is empty (0 bytes)")
+        if not offsets:
+            raise DataError(
+                self.path, max(1, number), "no sentences in the file (it holds only blank lines)"
+            )
+        self.size = position
+        offsets.append(position)
+        self.offsets = np.frombuffer(offsets, dtype=np.int64).copy()
+        self.line_numbers = np.frombuffer(numbers, dtype=np.int64).copy()
+        self.fingerprint = digest.hexdigest()
+
+    def _tokens(self, raw: bytes, number: int) -> list[str]:
+        """The tokens of one line (``[]`` for a blank line)."""
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(
+                self.path,
+                number,
+                f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of "
+                f"the line: {error.reason}); re-encode the file as UTF-8, e.g. "
+                "`iconv -f latin1 -t utf-8`",
+            ) from None
+        content = line.removesuffix("\n").strip(_LINE_EDGES)
+        return _TOKEN_SEPARATOR.split(content) if content else []
+
+    def __len__(self) -> int:
+        return len(self.line_numbers)
+
+    @overload
+    def __getitem__(self, index: int) -> Sentence: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Sentence]: ...
+
+    def __getitem__(self, index: int | slice) -> Sentence | list[Sentence]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return self._read(start, stop) if stop > start else []
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sentence {index} is outside 0..{len(self) - 1}")
+        index = index % len(self)
+        return self._read(index, index + 1)[0]
+
+    def __iter__(self) -> Iterator[Sentence]:
+        for start in range(0, len(self), 10_000):
+            yield from self[start : start + 10_000]
+
+    def _read(self, start: int, stop: int) -> list[Sentence]:
+        """Sentences ``start..stop-1`` (``0 <= start < stop <= len``), from their lines."""
+        first, end = int(self.offsets[start]), int(self.offsets[stop])
+        with open(self.path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size != self.size:
+                raise DataError(self.path, 1, "the file changed since it was opened")
+            handle.seek(first)
+            raw = handle.read(end - first)
+        numbers = self.line_numbers[start:stop].tolist()
+        sentences = []
+        for offset, number in enumerate(numbers):
+            if offset + 1 < len(numbers):
+                line_end = int(self.offsets[start + offset + 1]) - first
+            else:
+                line_end = len(raw)
+            line_start = int(self.offsets[start + offset]) - first
+            tokens = self._tokens(raw[line_start:line_end].split(b"\n", 1)[0], number)
+            if not tokens:
+                raise DataError(self.path, number, "the file changed since it was opened")
+            sentences.append(Sentence(tokens, None, self.path, number))
+        return sentences
+
+
+class TeacherShards:
+    """Builds the shards of a target entry (a ``structkd.train.store.ShardBuilder``): the teacher
+    of ``teacher_dir`` runs over the shard's sentences in length-sorted batches of ``batch_size``
+    (eval mode, no gradients) and each batch's quantities of ``spec`` are written to the shard's
+    files (``RaggedWriter``). The collator reads the whole source's cached frozen transformer
+    features (built once, keyed by ``data_fingerprint``) when the teacher has a frozen
+    transformer and ``cached_features``, else computes what it needs on the fly. Picklable (the
+    loaded teacher is not pickled: each process loads it once)."""
+
+    def __init__(
+        self,
+        teacher_dir: str,
+        sentences: Sequence[Sentence],
+        data_fingerprint: str,
+        spec: TargetSpec,
+        cache_dir: str,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        cached_features: bool = True,
+        progress: bool = False,
+    ):
+        self.teacher_dir = teacher_dir
+        self.sentences = sentences
+        self.data_fingerprint = data_fingerprint
+        self.spec = spec
+        self.cache_dir = cache_dir
+        self.device = device
+        self.batch_size = batch_size
+        self.cached_features = cached_features
+        self.progress = progress
+        self._loaded: tuple[Any, Any, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loaded": None}
+
+    def _teacher(self) -> tuple[Any, Any, Any]:
+        """``(teacher, its ModelInfo, collator)``, loaded once per process."""
+        if self._loaded is None:
+            teacher, info = load_tagger(self.teacher_dir, device=self.device)
+            collator = make_collator(
+                info.config,
+                teacher,
+                info.vocab,
+                self.sentences,
+                self.data_fingerprint,
+                self.cache_dir,
+                device=self.device,
+                progress=self.progress,
+                cached_features=self.cached_features,
+            )
+            self._loaded = (teacher, info, collator)
+        return self._loaded
+
+    def __call__(self, directory: Path, start: int, stop: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        teacher, info, collator = self._teacher()
+        n_labels = info.vocab.n_labels
+        shard = [sentence.without_tags() for sentence in self.sentences[start:stop]]
+        lengths = np.asarray([len(sentence) for sentence in shard], dtype=np.int64)
+        quantities = self.spec.quantities(n_labels)
+
+        def collate(items: list[tuple[int, Sentence]]) -> Any:
+            return collator([(start + index, sentence) for index, sentence in items])
+
+        description = f"teacher outputs ({self.spec.kind}, {start}..{stop - 1})"
+        with contextlib.ExitStack() as files:  # on success: every sentence written, synced
+            writers = {
+                name: files.enter_context(
+                    RaggedWriter(directory, name, _rows(rule, lengths), shape, dtype)
+                )
+                for name, (rule, shape, dtype) in quantities.items()
+            }
+            batches = sorted_batches(shard, collate, self.batch_size, self.device)
+            with progress_bar(len(shard), description, self.progress) as bar:
+                with torch.inference_mode():
+                    for indices, batch in batches:
+                        outputs = self.spec.teacher_outputs(teacher(batch), n_labels)
+                        for name, writer in writers.items():
+                            writer.write(indices, outputs[name].cpu().numpy())
+                        if bar is not None:
+                            bar.update(len(indices))
+        return {"n_tokens": int(lengths.sum()), "seconds": time.perf_counter() - started}
+
+
 def ensure_targets(
     teacher_dir: str | os.PathLike[str],
     sentences: Sequence[Sentence],
@@ -145,14 +362,20 @@ def ensure_targets(
     batch_size: int = 64,
     progress: bool = False,
     data_name: str = "",
-) -> tuple[Path, bool]:
-    """The cache entry of ``spec``'s teacher outputs on ``sentences`` (ids = their indices),
-    built if missing; returns ``(directory, built)``.
+    plan: ShardPlan | None = None,
+    cached_features: bool = True,
+) -> tuple[Path | None, bool]:
+    """The cache entry of ``spec``'s teacher outputs on ``sentences`` (ids = their indices; a
+    list or a ``TokenizedText``), built if missing; returns ``(directory, built)``.
 
-    The key is the SHA-256 of ``(model.pt hash, data_fingerprint, number of sentences, spec's
-    options)``. Building loads the teacher, runs it once over length-sorted batches of
-    ``batch_size`` sentences in eval mode without gradients (frozen transformer features come from
-    their own cache) and writes each batch's quantities to the memory maps.
+    The key is the SHA-256 of ``(format, model.pt hash, data_fingerprint, number of sentences,
+    spec's options)``. Building cuts the sentences into shards of ``plan.shard_size``
+    (``ShardPlan()``: 50,000, built one after another by this process) and runs ``TeacherShards``
+    on each: the teacher over length-sorted batches of ``batch_size``. ``plan`` shares the shards
+    among ``workers`` processes and machines (``rank``/``world_size``); ``directory`` is ``None``
+    only when ``plan.finish`` is false and other processes' shards are missing.
+    ``cached_features=False``: a frozen transformer teacher computes its features on the fly
+    instead of building the whole source's feature cache first (the targets are the same).
     """
     info = model_info(teacher_dir)
     inputs = {
@@ -162,40 +385,22 @@ def ensure_targets(
         "n_sentences": len(sentences),
         **spec.key_inputs(),
     }
+    plan = plan or ShardPlan()
+    builder = TeacherShards(
+        os.fspath(Path(teacher_dir).resolve()),
+        sentences,
+        data_fingerprint,
+        spec,
+        os.fspath(cache_dir),
+        device=str(device),
+        batch_size=batch_size,
+        cached_features=cached_features,
+        progress=progress and plan.workers == 1,
+    )
+    n_labels = info.vocab.n_labels
+    quantities = spec.quantities(n_labels)
 
-    def build(scratch: Path) -> dict[str, Any]:
-        started = time.perf_counter()
-        teacher, _ = load_tagger(teacher_dir, device=device)
-        unlabeled = [sentence.without_tags() for sentence in sentences]
-        collator = make_collator(
-            info.config,
-            teacher,
-            info.vocab,
-            unlabeled,
-            data_fingerprint,
-            cache_dir,
-            device=device,
-            progress=progress,
-        )
-        n_labels = info.vocab.n_labels
-        lengths = np.asarray([len(sentence) for sentence in sentences], dtype=np.int64)
-        quantities = spec.quantities(n_labels)
-        arrays = {
-            name: RaggedArray.create(scratch, name, _rows(rule, lengths), shape, dtype)
-            for name, (rule, shape, dtype) in quantities.items()
-        }
-        with progress_bar(len(sentences), f"teacher outputs ({spec.kind})", progress) as bar:
-            with torch.inference_mode():
-                for indices, batch in sorted_batches(unlabeled, collator, batch_size, device):
-                    outputs = spec.teacher_outputs(teacher(batch), n_labels)
-                    items = np.asarray(indices, dtype=np.int64)
-                    for name, array in arrays.items():
-                        dtype = quantities[name][2]
-                        array.write(items, outputs[name].cpu().numpy().astype(dtype, copy=False))
-                    if bar is not None:
-                        bar.update(len(indices))
-        for array in arrays.values():
-            array.values.flush()
+    def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "teacher": os.fspath(Path(teacher_dir).resolve()),
             "data_name": data_name,
@@ -203,10 +408,18 @@ def ensure_targets(
             "n_labels": n_labels,
             "types": list(info.types),
             "quantities": {name: list(rule_shape[:1]) for name, rule_shape in quantities.items()},
-            "seconds": time.perf_counter() - started,
+            "n_tokens": sum(record["n_tokens"] for record in records),
+            "seconds": sum(record["seconds"] for record in records),
         }
 
-    return build_entry(Path(cache_dir) / "targets", inputs, build)
+    return build_sharded_entry(
+        Path(cache_dir) / "targets",
+        inputs,
+        len(sentences),
+        builder,
+        summarize=summarize,
+        plan=plan,
+    )
 
 
 @dataclass
@@ -237,12 +450,12 @@ class TargetReader:
             raise ValueError(f"{len(directories)} cache entries but {len(weights)} weights")
         self.spec = spec
         self.weights = weights
-        self.entries: list[dict[str, tuple[RaggedArray, str]]] = []
+        self.entries: list[dict[str, tuple[ShardedArray, str]]] = []
         for directory in directories:
             n_labels = int(read_meta(directory)["n_labels"])
             self.entries.append(
                 {
-                    name: (RaggedArray.open(directory, name), rule)
+                    name: (ShardedArray.open(directory, name), rule)
                     for name, (rule, _, _) in spec.quantities(n_labels).items()
                 }
             )
@@ -262,7 +475,7 @@ class TargetReader:
                         f"cached {name} do not match the batch's sentence lengths (a cache of "
                         "other data?)"
                     )
-                pad = _PAD_BY_NAME.get(name, _PAD[str(array.values.dtype)])
+                pad = _PAD_BY_NAME.get(name, _PAD[str(array.dtype)])
                 padded = torch.from_numpy(array.gather(items, _max_rows(rule, max_len), pad))
                 if name == "kbest_tags":
                     padded = padded.long().permute(2, 0, 1)  # [k, B, N]

@@ -34,6 +34,7 @@ from structkd.train.fit import PreparedRun
 from structkd.train.module import KDSettings
 from structkd.train.options import DistillOptions, TrainOptions
 from structkd.train.runtime import cache_dir, configure_runtime, inference_device, seed
+from structkd.train.store import ShardPlan
 
 __all__ = [
     "TaggerHooks",
@@ -373,7 +374,9 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
                     batch_size=options.eval_batch_size,
                     progress=options.progress,
                     data_name=source.name,
+                    plan=ShardPlan.from_environment(),  # torchrun ranks share the shards
                 )
+                assert entry is not None  # the plan finishes the entry
                 directories.append(entry)
                 caches.append(
                     {

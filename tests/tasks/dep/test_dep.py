@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -180,7 +181,7 @@ def test_struct_targets_are_the_teacher_tree_marginals_on_labels(treebank, tmp_p
     """Each word's cached label distribution sums to 1 (renormalized) and its argmax label's head
     is the teacher's most probable head when that head is expressible."""
     from structkd.data.dep_encodings import DepLabelScheme
-    from structkd.train.store import RaggedArray
+    from structkd.train.store import ShardedArray, ShardPlan
 
     source = load_dep_source(str(treebank["train"]))
     scheme = DepLabelScheme.from_sentences(source.sentences, encoding="offset")
@@ -193,12 +194,30 @@ def test_struct_targets_are_the_teacher_tree_marginals_on_labels(treebank, tmp_p
         cache_dir=tmp_path / "cache",
     )
     assert built
-    probs = RaggedArray.open(directory, "probs")
+    probs = ShardedArray.open(directory, "probs")
     first = torch.from_numpy(probs[0].copy())  # [n_words, n_labels]
     assert first.shape == (len(source.sentences[0]), scheme.n_labels)
     assert torch.allclose(first.sum(-1), torch.ones(first.shape[0]), atol=1e-4)
     meta = json.loads((directory / "meta.json").read_text())
     assert 0.0 <= meta["mean_lost_mass"] < 1.0
+
+    # built in shards of 10 sentences: the same targets for every sentence (up to rounding)
+    sharded, built = ensure_dep_targets(
+        teacher["model_dir"],
+        source,
+        scheme,
+        method="struct",
+        temperature=1.0,
+        cache_dir=tmp_path / "sharded",
+        plan=ShardPlan(shard_size=10),
+    )
+    assert built and sharded is not None and sharded.name == directory.name
+    sharded_meta = json.loads((sharded / "meta.json").read_text())
+    assert sharded_meta["shards"]["starts"] == list(range(0, len(source), 10))
+    assert sharded_meta["mean_lost_mass"] == pytest.approx(meta["mean_lost_mass"], abs=1e-6)
+    sharded_probs = ShardedArray.open(sharded, "probs")
+    for item in range(len(source)):
+        assert np.allclose(sharded_probs[item], probs[item], atol=1e-6)
 
 
 def test_dep_kd_loss_is_the_cross_entropy_and_refuses_nan():

@@ -181,12 +181,13 @@ def test_predict_refuses_to_overwrite_its_input(trained, tmp_path, capsys) -> No
 def test_predict_checks_the_output_before_any_work(trained, tmp_path, monkeypatch) -> None:
     data_dir, _ = trained
     text = write_tokens(tmp_path / "input.txt", 3, seed=5)
-    import structkd.tasks.ner.evaluation as evaluation
+    import structkd.api as api
 
     def no_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(evaluation, "load_tagger", no_work)
+    monkeypatch.setattr(api, "load", no_work)
+    monkeypatch.setattr(api, "read_inputs", no_work)
     with pytest.raises(ValueError, match="does not exist"):
         predict(data_dir / "model", str(text), str(tmp_path / "missing" / "out.conll"))
     with pytest.raises(ValueError, match="is a directory"):
@@ -198,20 +199,20 @@ def test_predict_writes_its_output_atomically(trained, tmp_path, monkeypatch) ->
     text = write_tokens(tmp_path / "input.txt", 4, seed=5)
     output = tmp_path / "out.conll"
     output.write_text("an earlier result\n", encoding="utf-8")
-    import structkd.tasks.ner.evaluation as evaluation
+    import structkd.tasks.ner.serving as serving
 
-    write_conll_ = evaluation.write_conll
+    write_conll_ = serving.write_conll
 
     def interrupted(stream, *args, **kwargs):
         stream.write("half a line")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluation, "write_conll", interrupted)
+    monkeypatch.setattr(serving, "write_conll", interrupted)
     with pytest.raises(KeyboardInterrupt):
         predict(data_dir / "model", str(text), str(output))
     assert output.read_text(encoding="utf-8") == "an earlier result\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["input.txt", "out.conll"]
-    monkeypatch.setattr(evaluation, "write_conll", write_conll_)
+    monkeypatch.setattr(serving, "write_conll", write_conll_)
     assert predict(data_dir / "model", str(text), str(output)) == 4
     assert len(output.read_text(encoding="utf-8").strip().split("\n\n")) == 4
     assert sorted(path.name for path in tmp_path.iterdir()) == ["input.txt", "out.conll"]

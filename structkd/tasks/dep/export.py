@@ -1,0 +1,389 @@
+"""Export a dependency student (dependency parsing as sequence labeling) to ONNX, for serving
+with numpy and onnxruntime only (``structkd.tasks.dep.onnx_serving``).
+
+    export_onnx("models/student", "models/student-onnx")  ->  the manifest (export.json)
+
+The exported directory holds:
+
+* ``model.onnx``: ``(word_ids [B, N], char_ids [B, N, C], upos_ids [B, N], lengths [B])`` int64
+  -> ``log_probs [B, N, L]`` float32, each word's log-softmax over the student's ``L`` labels,
+  with dynamic ``B``, ``N`` and ``C`` (inputs a model does not read, e.g. ``char_ids`` without a
+  character CNN, are left out of the graph: the manifest lists its ``inputs``);
+* ``vocab.json``: ``DepVocab.to_dict()`` (word, character and UPOS vocabularies, relations) and
+  ``max_word_chars``: the indices ``DepCollator`` gives (``WordEncoder``);
+* ``scheme.json``: the label scheme (``DepLabelScheme.to_dict``), from which the predictor
+  builds the label -> head tables and decodes trees (``structkd.serve.trees``, the function the
+  torch student decodes with);
+* ``export.json``: the manifest (``structkd.serve.manifest``): task ``dep``, format ``onnx``, the
+  files, the encoding, whether decoding needs UPOS tags, and the check below.
+
+Only the students export: a biaffine parser decodes trees with torch (Eisner, Chu-Liu-Edmonds,
+the matrix-tree theorem for its head probabilities); serve it with the torch backend.
+
+**The BiLSTM.** The student's encoder runs its BiLSTM on a packed sequence
+(``pack_padded_sequence``), which ONNX cannot express. ``LabelGraph`` computes the same function
+with plain operations: the forward direction runs on the padded batch (a step never reads later
+positions, so padding after a sentence cannot change its outputs); the backward direction runs
+the reverse-direction weights forward over each sentence reversed within its length
+(``x'[b, i] = x[b, length_b - 1 - i]`` for ``i < length_b``, a gather whose index is its own
+inverse), and its outputs are reversed back the same way; padded positions are set to 0, as
+``pad_packed_sequence`` does. Each direction of each layer is a unidirectional ``nn.LSTM`` holding
+the trained weights (one ONNX ``LSTM`` node). Dropout is the identity at inference.
+
+**The exporter.** ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter): it maps
+``nn.LSTM`` to the ONNX ``LSTM`` operator with dynamic batch and sequence axes, where the
+``torch.export``-based one specializes the sequence length to the example's. Its deprecation
+warning is silenced; every export is checked against the torch student (below), so a change of
+behaviour in a later torch cannot go unnoticed.
+
+**Checks.** The directory is built next to ``out`` and renamed into place at the end (a failed
+export leaves nothing); an existing non-empty ``out`` is refused. Before the rename, onnxruntime
+runs the model on random batches (random lengths from 1, words, characters and UPOS tags, unknown
+ones included) and its log-probabilities are compared with the torch student's at every real word:
+a difference beyond ``1e-4`` raises ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import structkd
+from structkd.data.dep_batching import DepBatch, DepCollator
+from structkd.models.dep_tagger import SequenceLabelingParser
+from structkd.serve.manifest import read_manifest, write_manifest
+from structkd.tasks.dep.model import TASK, load_dep_model
+
+__all__ = [
+    "EXPORT_TOLERANCE",
+    "INPUTS",
+    "MODEL_FILE",
+    "OPSET",
+    "OUTPUT",
+    "SCHEME_FILE",
+    "VOCAB_FILE",
+    "LabelGraph",
+    "export_onnx",
+    "torch_log_probs",
+]
+
+MODEL_FILE = "model.onnx"
+VOCAB_FILE = "vocab.json"
+SCHEME_FILE = "scheme.json"
+INPUTS = ("word_ids", "char_ids", "upos_ids", "lengths")
+OUTPUT = "log_probs"
+OPSET = 17
+EXPORT_TOLERANCE = 1e-4
+"""The largest absolute difference between onnxruntime's and torch's log-probabilities an export
+accepts."""
+VOCAB_FORMAT = 1
+# (batch size, padded length, characters per word) of the batches an export is checked on
+_CHECK_SHAPES = ((1, 1, 1), (3, 6, 5), (8, 23, 12), (5, 40, 30))
+
+
+class LabelGraph(nn.Module):
+    """Export-only copy of a student's label log-probabilities without packed sequences:
+    ``(word_ids [B, N], char_ids [B, N, C], upos_ids [B, N], lengths [B])`` ->
+    ``log_softmax(student(batch)) [B, N, L]``, equal at every real word (eval mode; see the module
+    docstring)."""
+
+    def __init__(self, student: SequenceLabelingParser):
+        super().__init__()
+        if not isinstance(student, SequenceLabelingParser):
+            raise ValueError(f"LabelGraph needs a SequenceLabelingParser; got {type(student)}")
+        encoder = student.encoder
+        self.word_embedding = encoder.word_embedding
+        char_cnn = encoder.char_cnn
+        self.char_embedding = None if char_cnn is None else char_cnn.embedding
+        self.char_conv = None if char_cnn is None else char_cnn.conv
+        self.upos_embedding = encoder.upos_embedding
+        lstm = encoder.lstm
+        if not (lstm.bidirectional and lstm.batch_first and lstm.bias) or lstm.proj_size:
+            raise ValueError("LabelGraph expects the encoder's batch-first BiLSTM with biases")
+        self.forward_layers = nn.ModuleList()
+        self.backward_layers = nn.ModuleList()
+        for layer in range(lstm.num_layers):
+            width = lstm.input_size if layer == 0 else 2 * lstm.hidden_size
+            for suffix, layers in (("", self.forward_layers), ("_reverse", self.backward_layers)):
+                direction = nn.LSTM(width, lstm.hidden_size, batch_first=True)
+                with torch.no_grad():
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                        source = getattr(lstm, f"{name}_l{layer}{suffix}")
+                        getattr(direction, f"{name}_l0").copy_(source)
+                layers.append(direction)
+        self.hidden = student.hidden
+        self.output = student.output
+
+    def character_features(self, char_ids: Tensor) -> Tensor:
+        """``[B, N, C]`` -> ``[B, N, filters]``: ``CharCNN`` on every word at once (a word
+        without characters, i.e. padding, gets 0)."""
+        assert self.char_embedding is not None and self.char_conv is not None
+        batch_size, seq_len, width = char_ids.shape
+        flat = char_ids.reshape(-1, width)  # [W, C]
+        real = flat != 0
+        convolved = self.char_conv(self.char_embedding(flat).transpose(1, 2))  # [W, F, C]
+        convolved = convolved.masked_fill(~real.unsqueeze(1), -torch.inf)
+        pooled = convolved.amax(-1)  # [W, F]
+        pooled = torch.where(real.any(-1, keepdim=True), pooled, torch.zeros_like(pooled))
+        return pooled.reshape(batch_size, seq_len, -1)
+
+    def forward(
+        self, word_ids: Tensor, char_ids: Tensor, upos_ids: Tensor, lengths: Tensor
+    ) -> Tensor:
+        """``log_probs [B, N, L]`` (at padding: those of the output layer's bias)."""
+        inputs = [self.word_embedding(word_ids)]
+        if self.char_conv is not None:
+            inputs.append(self.character_features(char_ids))
+        if self.upos_embedding is not None:
+            inputs.append(self.upos_embedding(upos_ids))
+        hidden = torch.cat(inputs, dim=-1)
+        positions = torch.arange(word_ids.shape[1], device=word_ids.device).unsqueeze(0)
+        ends = lengths.unsqueeze(1)
+        mask = positions < ends  # [B, N]
+        # reversal[b, i] = length_b - 1 - i inside a sentence, i beyond: its own inverse
+        reversal = torch.where(mask, ends - 1 - positions, positions)
+        for forward_layer, backward_layer in zip(
+            self.forward_layers, self.backward_layers, strict=True
+        ):
+            forward_out, _ = forward_layer(hidden)
+            backward_out, _ = backward_layer(_positions(hidden, reversal))
+            hidden = torch.cat([forward_out, _positions(backward_out, reversal)], dim=-1)
+            hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+        return torch.log_softmax(self.output(self.hidden(hidden)), dim=-1)
+
+
+def _positions(values: Tensor, index: Tensor) -> Tensor:
+    """``values[b, index[b, i], :]`` for ``values [B, N, D]`` and ``index [B, N]``."""
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Random batches (the checks)
+
+
+def _random_batch(
+    rng: np.random.Generator, shape: tuple[int, int, int], sizes: tuple[int, int, int]
+) -> dict[str, np.ndarray]:
+    """A batch of random ids laid out as ``DepCollator`` lays out sentences: ``lengths`` (the
+    first at the padded length), word and UPOS ids (``<unk>`` included; 0 at padding), and per
+    word 1..C characters; 0 beyond. ``sizes``: the word, character and UPOS vocabulary sizes."""
+    batch_size, seq_len, width = shape
+    n_words, n_chars, n_upos = sizes
+    lengths = rng.integers(1, seq_len + 1, size=batch_size)
+    lengths[0] = seq_len
+    inside = np.arange(seq_len) < lengths[:, None]
+    word_ids = np.where(inside, rng.integers(1, max(n_words, 2), size=inside.shape), 0)
+    upos_ids = np.where(inside, rng.integers(1, max(n_upos, 2), size=inside.shape), 0)
+    word_lengths = rng.integers(1, width + 1, size=(batch_size, seq_len))
+    word_lengths[0, 0] = width
+    has_char = (np.arange(width) < word_lengths[..., None]) & inside[..., None]
+    char_ids = np.where(has_char, rng.integers(1, max(n_chars, 2), size=has_char.shape), 0)
+    return {
+        "word_ids": word_ids.astype(np.int64),
+        "char_ids": char_ids.astype(np.int64),
+        "upos_ids": upos_ids.astype(np.int64),
+        "lengths": lengths.astype(np.int64),
+    }
+
+
+def torch_log_probs(student: SequenceLabelingParser, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """``log_softmax(student(batch))`` ``[B, N, L]`` (float32) of a batch given as the ONNX
+    inputs (``INPUTS``)."""
+    batch = DepBatch(
+        word_ids=torch.from_numpy(arrays["word_ids"]),
+        char_ids=torch.from_numpy(arrays["char_ids"]),
+        upos_ids=torch.from_numpy(arrays["upos_ids"]),
+        lengths=torch.from_numpy(arrays["lengths"]),
+        sentence_ids=torch.arange(len(arrays["lengths"])),
+        punct_mask=torch.zeros(arrays["word_ids"].shape[0], arrays["word_ids"].shape[1] + 1),
+    )
+    with torch.no_grad():
+        return torch.log_softmax(student(batch).float(), dim=-1).numpy()
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(
+        os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _check_onnx(path: Path, student: SequenceLabelingParser) -> dict[str, Any]:
+    """Run ``path`` with onnxruntime on random batches and compare with ``student``; returns the
+    check's summary (and the model's input names), ``RuntimeError`` beyond
+    ``EXPORT_TOLERANCE``."""
+    import onnx
+
+    onnx.checker.check_model(os.fspath(path))
+    session = _session(path)
+    wanted = [item.name for item in session.get_inputs()]
+    vocab = student.vocab
+    sizes = (len(vocab.words), len(vocab.chars), len(vocab.upos))
+    rng = np.random.default_rng(0)
+    largest, sentences = 0.0, 0
+    for shape in _CHECK_SHAPES:
+        arrays = _random_batch(rng, shape, sizes)
+        (exported,) = session.run([OUTPUT], {name: arrays[name] for name in wanted})
+        expected = torch_log_probs(student, arrays)
+        if exported.shape != expected.shape:
+            raise RuntimeError(
+                f"the exported model returned log-probabilities of shape {list(exported.shape)}, "
+                f"torch {list(expected.shape)} (batch shape {list(shape)})"
+            )
+        inside = np.arange(shape[1]) < arrays["lengths"][:, None]
+        difference = float(np.abs(exported - expected)[inside].max())
+        if not difference <= EXPORT_TOLERANCE:
+            raise RuntimeError(
+                f"the exported model's log-probabilities differ from the torch student's by "
+                f"{difference:.3g} (more than {EXPORT_TOLERANCE:g}) on a batch of shape "
+                f"{list(shape)}: the export is wrong; nothing was written"
+            )
+        largest = max(largest, difference)
+        sentences += shape[0]
+    return {
+        "inputs": wanted,
+        "max_abs_diff": largest,
+        "tolerance": EXPORT_TOLERANCE,
+        "sentences": sentences,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _write_onnx(graph: LabelGraph, path: Path) -> None:
+    example = _random_batch(np.random.default_rng(1), (2, 3, 4), (2, 2, 2))
+    arguments = tuple(torch.from_numpy(example[name]) for name in INPUTS)
+    axes = {
+        "word_ids": {0: "batch", 1: "words"},
+        "char_ids": {0: "batch", 1: "words", 2: "chars"},
+        "upos_ids": {0: "batch", 1: "words"},
+        "lengths": {0: "batch"},
+        OUTPUT: {0: "batch", 1: "words"},
+    }
+    with warnings.catch_warnings():
+        # the TorchScript exporter is deprecated (the module docstring says why it is used)
+        warnings.filterwarnings(
+            "ignore", "You are using the legacy TorchScript", DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
+        # nn.LSTM's own shape checks, constant for a given model
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn")
+        # about LSTM initial states fixed to the example's batch size: ours are zeros of the
+        # input's batch size, and the check runs batch sizes 1, 3, 5 and 8
+        warnings.filterwarnings(
+            "ignore", "Exporting a model to ONNX with a batch_size", UserWarning
+        )
+        torch.onnx.export(
+            graph,
+            arguments,
+            os.fspath(path),
+            dynamo=False,
+            input_names=list(INPUTS),
+            output_names=[OUTPUT],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+
+
+def _check_destination(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{os.fspath(out)!r} exists and is not a directory: choose another `out`")
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(
+            f"{os.fspath(out)!r} exists and is not empty: refusing to overwrite it (remove it or "
+            "choose another `out`)"
+        )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def export_onnx(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Export the dependency student of ``model_dir`` to the new directory ``out`` (see the
+    module docstring); returns the manifest written to ``out/export.json``.
+
+    ``ValueError``: ``model_dir`` holds no complete dependency model, or a parser (teachers do
+    not export), or ``out`` is a file or a non-empty directory. ``RuntimeError``: the exported
+    model does not compute the student's log-probabilities (to ``1e-4``).
+    """
+    out = Path(out)
+    _check_destination(out)
+    student, info = load_dep_model(model_dir)
+    if info.kind != "student" or not isinstance(student, SequenceLabelingParser):
+        raise ValueError(
+            f"exporting {os.fspath(model_dir)} is not supported: it holds a {info.arch!r} parser, "
+            "which decodes trees in torch (Eisner, Chu-Liu-Edmonds) and has no numpy decoder; "
+            "only the sequence-labeling students (student-dep-*) export. Serve a parser with the "
+            "torch backend (structkd.load on its model directory)"
+        )
+    student.eval()
+    graph = LabelGraph(student).eval()
+    max_word_chars = DepCollator(info.vocab).max_word_chars
+    scheme = info.scheme
+    assert scheme is not None
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:12]}"
+    scratch.mkdir()
+    try:
+        files = {"model": MODEL_FILE, "vocab": VOCAB_FILE, "scheme": SCHEME_FILE}
+        _write_onnx(graph, scratch / MODEL_FILE)
+        vocab_data = {
+            "format": VOCAB_FORMAT,
+            **info.vocab.to_dict(),
+            "max_word_chars": max_word_chars,
+        }
+        _write_json(scratch / VOCAB_FILE, vocab_data)
+        _write_json(scratch / SCHEME_FILE, scheme.to_dict())
+        check = _check_onnx(scratch / MODEL_FILE, student)
+        inputs = check.pop("inputs")
+        manifest = {
+            "task": TASK,
+            "format": "onnx",
+            "files": files,
+            "encoding": scheme.encoding,
+            "n_labels": scheme.n_labels,
+            "needs_upos": scheme.encoding == "pos",
+            "reads_upos": info.config.encoder.upos_dim > 0,
+            "inputs": inputs,
+            "output": OUTPUT,
+            "opset": OPSET,
+            "source": {
+                "model_dir": os.fspath(Path(info.directory).resolve()),
+                "sha256": info.file_hash,
+                "arch": info.arch,
+            },
+            "structkd_version": structkd.__version__,
+            "torch_version": torch.__version__,
+            "check": check,
+        }
+        write_manifest(scratch, manifest)
+        _check_destination(out)
+        try:
+            os.replace(scratch, out)  # replaces an empty directory, never a non-empty one
+        except OSError as error:
+            raise ValueError(
+                f"could not move the export into {os.fspath(out)!r} ({error.strerror}): "
+                "refusing to overwrite it"
+            ) from None
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return read_manifest(out)

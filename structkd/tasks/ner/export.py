@@ -1,0 +1,416 @@
+"""Export a NER student to ONNX, for serving with numpy and onnxruntime only
+(``structkd.tasks.ner.onnx_serving``).
+
+    export_onnx("models/student", "models/student-onnx")  ->  the manifest (export.json)
+
+The exported directory holds:
+
+* ``model.onnx``: ``(word_ids [B, N] int64, char_ids [B, N, C] int64, lengths [B] int64)`` ->
+  ``emissions [B, N, L] float32``, the head's scores (CRF emissions or softmax logits), with
+  dynamic ``B``, ``N`` and ``C``;
+* ``vocab.json``: the word and character indices of the tagger's ``TaggingVocab`` (words are
+  looked up lowercased, anything unseen maps to ``<unk>``; characters as written, each word's
+  first ``max_word_chars``), the BIOES label names and the entity types;
+* ``crf.npz`` (CRF head only): ``transitions [L, L]``, ``start [L]``, ``end [L]`` as trained and
+  the constraint masks ``allowed_transitions [L, L]``, ``allowed_start [L]``, ``allowed_end
+  [L]`` (all True for an unconstrained CRF): a forbidden entry scores ``-inf``;
+* ``export.json``: the manifest (``structkd.serve.manifest``).
+
+Only taggers without a transformer and with a CRF or softmax head (the students: GloVe or trained
+word vectors, character CNN, BiLSTM) can be exported.
+
+**The BiLSTM.** The tagger runs its BiLSTM on a packed sequence (``pack_padded_sequence``), which
+ONNX cannot express. ``EmissionGraph`` computes the same function with plain operations: the
+forward direction runs on the padded batch (a step never reads later positions, so padding after
+a sentence cannot change its outputs); the backward direction runs the reverse-direction weights
+forward over each sentence reversed within its length (``x'[b, i] = x[b, length_b - 1 - i]`` for
+``i < length_b``, a ``GatherElements`` whose index is its own inverse), and its outputs are
+reversed back the same way; padded positions are set to 0, as ``pad_packed_sequence`` does. Each
+direction is a unidirectional ``nn.LSTM`` holding the trained weights, exported as one ONNX
+``LSTM`` node.
+
+**The exporter.** ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter): it maps
+``nn.LSTM`` to the ONNX ``LSTM`` operator with dynamic batch and sequence axes. The
+``torch.export``-based exporter (``dynamo=True``) specializes the sequence length of an
+``nn.LSTM`` to the example's (``torch.export`` reports the constraint violation; the ONNX exporter
+then falls back to a graph whose shapes are fixed to the example), and it takes about 10 times
+longer. The TorchScript exporter's deprecation warning is silenced here; every export is checked
+against the torch tagger (below), so a change of behaviour in a later torch cannot go unnoticed.
+
+**Checks.** The directory is built next to ``out`` and renamed into place at the end (a failed
+export leaves nothing); an existing non-empty ``out`` is refused. Before the rename, onnxruntime
+runs the model on a few random batches (random lengths, batch sizes from 1) and its emissions are
+compared with the torch tagger's at every real token: a difference beyond ``1e-4`` raises
+``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import structkd
+from structkd.data.batching import TaggingBatch, TaggingCollator
+from structkd.models.heads import CRFHead, SoftmaxHead
+from structkd.models.tagger import Tagger
+from structkd.serve.manifest import read_manifest, write_manifest
+from structkd.tasks.ner.model import ModelInfo, load_tagger
+
+__all__ = [
+    "CRF_FILE",
+    "EMISSIONS",
+    "EXPORT_TOLERANCE",
+    "INPUTS",
+    "MODEL_FILE",
+    "OPSET",
+    "VOCAB_FILE",
+    "EmissionGraph",
+    "check_exportable",
+    "export_onnx",
+    "torch_emissions",
+]
+
+MODEL_FILE = "model.onnx"
+VOCAB_FILE = "vocab.json"
+CRF_FILE = "crf.npz"
+INPUTS = ("word_ids", "char_ids", "lengths")
+EMISSIONS = "emissions"
+OPSET = 17
+EXPORT_TOLERANCE = 1e-4
+"""The largest absolute difference between onnxruntime's and torch's emissions an export
+accepts."""
+VOCAB_FORMAT = 1
+# (batch size, padded length, characters per word) of the batches an export is checked on
+_CHECK_SHAPES = ((1, 1, 1), (3, 6, 5), (8, 23, 12))
+
+
+def check_exportable(info: ModelInfo) -> None:
+    """``ValueError`` unless the model of ``info`` can be exported (no transformer; a CRF or
+    softmax head)."""
+    where = os.fspath(info.directory)
+    if info.config.transformer is not None:
+        raise ValueError(
+            f"exporting {where} is not supported: its tagger reads transformer features "
+            f"({info.config.transformer!r}); export a student without a transformer (word "
+            "vectors, character CNN and BiLSTM under a CRF or softmax head)"
+        )
+    if info.config.head not in ("crf", "softmax"):
+        raise ValueError(
+            f"exporting {where} is not supported: its {info.config.head!r} head decodes with the "
+            "semi-Markov span distribution, which has no numpy implementation; export a tagger "
+            "with a CRF or softmax head"
+        )
+
+
+class EmissionGraph(nn.Module):
+    """Export-only copy of a tagger's emission scores without packed sequences:
+    ``(word_ids [B, N], char_ids [B, N, C], lengths [B])`` -> ``emissions [B, N, L]``, equal to
+    ``tagger.scores(batch)`` (eval mode) at every real token (see the module docstring).
+
+    ``word_vectors [n_words, D]`` merges ``WordEmbedding``'s frozen and trained rows
+    (``frozen_vectors[w] + trainable.weight[trainable_row[w]]``, one of the two 0).
+    """
+
+    def __init__(self, tagger: Tagger):
+        super().__init__()
+        if tagger.uses_transformer:
+            raise ValueError("EmissionGraph needs a tagger without a transformer")
+        if not isinstance(tagger.head, CRFHead | SoftmaxHead):
+            raise ValueError(
+                f"EmissionGraph needs a CRF or softmax head; got {type(tagger.head).__name__}"
+            )
+        encoder = tagger.encoder
+        words = encoder.word_embedding
+        with torch.no_grad():
+            table = words.frozen_vectors + words.trainable.weight[words.trainable_row]
+        self.register_buffer("word_vectors", table.detach().float().clone())
+        char_cnn = encoder.char_cnn
+        self.char_embedding = None if char_cnn is None else char_cnn.embedding
+        self.char_conv = None if char_cnn is None else char_cnn.conv
+        lstm = encoder.lstm
+        if not (lstm.bidirectional and lstm.batch_first and lstm.bias) or lstm.proj_size:
+            raise ValueError("EmissionGraph expects the encoder's batch-first BiLSTM with biases")
+        self.forward_layers = nn.ModuleList()
+        self.backward_layers = nn.ModuleList()
+        for layer in range(lstm.num_layers):
+            width = lstm.input_size if layer == 0 else 2 * lstm.hidden_size
+            for suffix, layers in (("", self.forward_layers), ("_reverse", self.backward_layers)):
+                direction = nn.LSTM(width, lstm.hidden_size, batch_first=True)
+                with torch.no_grad():
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                        source = getattr(lstm, f"{name}_l{layer}{suffix}")
+                        getattr(direction, f"{name}_l0").copy_(source)
+                layers.append(direction)
+        self.projection = tagger.head.projection
+
+    def character_features(self, char_ids: Tensor) -> Tensor:
+        """``[B, N, C]`` -> ``[B, N, filters]``: ``CharCNN`` on every word at once (a word without
+        characters, i.e. padding, gets 0)."""
+        batch_size, seq_len, width = char_ids.shape
+        flat = char_ids.reshape(-1, width)  # [W, C]
+        real = flat != 0
+        convolved = self.char_conv(self.char_embedding(flat).transpose(1, 2))  # [W, F, C]
+        convolved = convolved.masked_fill(~real.unsqueeze(1), -torch.inf)
+        pooled = convolved.amax(-1)  # [W, F]
+        pooled = torch.where(real.any(-1, keepdim=True), pooled, torch.zeros_like(pooled))
+        return pooled.reshape(batch_size, seq_len, -1)
+
+    def forward(self, word_ids: Tensor, char_ids: Tensor, lengths: Tensor) -> Tensor:
+        """``emissions [B, N, L]`` (at padding: the projection's bias, as the tagger's)."""
+        inputs = [nn.functional.embedding(word_ids, self.word_vectors)]
+        if self.char_conv is not None:
+            inputs.append(self.character_features(char_ids))
+        hidden = torch.cat(inputs, dim=-1)
+        positions = torch.arange(word_ids.shape[1], device=word_ids.device).unsqueeze(0)
+        ends = lengths.unsqueeze(1)
+        mask = positions < ends  # [B, N]
+        # reversal[b, i] = length_b - 1 - i inside a sentence, i beyond: its own inverse
+        reversal = torch.where(mask, ends - 1 - positions, positions)
+        for forward_layer, backward_layer in zip(
+            self.forward_layers, self.backward_layers, strict=True
+        ):
+            forward_out, _ = forward_layer(hidden)
+            backward_out, _ = backward_layer(_positions(hidden, reversal))
+            hidden = torch.cat([forward_out, _positions(backward_out, reversal)], dim=-1)
+        hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+        return self.projection(hidden)
+
+
+def _positions(values: Tensor, index: Tensor) -> Tensor:
+    """``values[b, index[b, i], :]`` for ``values [B, N, D]`` and ``index [B, N]``."""
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Random batches (the checks)
+
+
+def _random_batch(
+    rng: np.random.Generator, shape: tuple[int, int, int], n_words: int, n_chars: int
+) -> dict[str, np.ndarray]:
+    """A batch of random ids laid out as ``TaggingCollator`` lays out sentences: ``lengths``
+    (the first at the padded length), word ids (``<unk>`` included), and per word 1..C
+    characters; 0 beyond."""
+    batch_size, seq_len, width = shape
+    lengths = rng.integers(1, seq_len + 1, size=batch_size)
+    lengths[0] = seq_len
+    inside = np.arange(seq_len) < lengths[:, None]
+    word_ids = np.where(inside, rng.integers(1, max(n_words, 2), size=(batch_size, seq_len)), 0)
+    word_lengths = rng.integers(1, width + 1, size=(batch_size, seq_len))
+    word_lengths[0, 0] = width
+    has_char = (np.arange(width) < word_lengths[..., None]) & inside[..., None]
+    char_ids = np.where(has_char, rng.integers(1, max(n_chars, 2), size=has_char.shape), 0)
+    return {
+        "word_ids": word_ids.astype(np.int64),
+        "char_ids": char_ids.astype(np.int64),
+        "lengths": lengths.astype(np.int64),
+    }
+
+
+def torch_emissions(tagger: Tagger, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """``tagger.scores`` ``[B, N, L]`` (float32) of a batch given as the ONNX inputs."""
+    batch = TaggingBatch(
+        word_ids=torch.from_numpy(arrays["word_ids"]),
+        char_ids=torch.from_numpy(arrays["char_ids"]),
+        lengths=torch.from_numpy(arrays["lengths"]),
+        sentence_ids=torch.arange(len(arrays["lengths"])),
+    )
+    with torch.no_grad():
+        return tagger.scores(batch).float().numpy()
+
+
+def _check_onnx(path: Path, tagger: Tagger) -> dict[str, Any]:
+    """Run ``path`` with onnxruntime on random batches and compare with ``tagger``; returns the
+    check's summary (and the model's input names), ``RuntimeError`` beyond
+    ``EXPORT_TOLERANCE``."""
+    import onnx
+    import onnxruntime
+
+    onnx.checker.check_model(os.fspath(path))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(
+        os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    wanted = [item.name for item in session.get_inputs()]  # no char_ids without a char CNN
+    vocab = tagger.vocab
+    rng = np.random.default_rng(0)
+    largest, sentences = 0.0, 0
+    for shape in _CHECK_SHAPES:
+        arrays = _random_batch(rng, shape, len(vocab.words), len(vocab.chars))
+        (exported,) = session.run([EMISSIONS], {name: arrays[name] for name in wanted})
+        expected = torch_emissions(tagger, arrays)
+        if exported.shape != expected.shape:
+            raise RuntimeError(
+                f"the exported model returned emissions of shape {list(exported.shape)}, torch "
+                f"{list(expected.shape)} (batch shape {list(shape)})"
+            )
+        inside = np.arange(shape[1]) < arrays["lengths"][:, None]
+        difference = float(np.abs(exported - expected)[inside].max())
+        if not difference <= EXPORT_TOLERANCE:
+            raise RuntimeError(
+                f"the exported model's emissions differ from the torch tagger's by {difference:.3g}"
+                f" (more than {EXPORT_TOLERANCE:g}) on a batch of shape {list(shape)}: the export "
+                "is wrong; nothing was written"
+            )
+        largest = max(largest, difference)
+        sentences += shape[0]
+    return {
+        "inputs": wanted,
+        "max_abs_diff": largest,
+        "tolerance": EXPORT_TOLERANCE,
+        "sentences": sentences,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _write_onnx(graph: EmissionGraph, path: Path) -> None:
+    example = _random_batch(np.random.default_rng(1), (2, 3, 4), 2, 2)
+    arguments = tuple(torch.from_numpy(example[name]) for name in INPUTS)
+    axes = {
+        "word_ids": {0: "batch", 1: "words"},
+        "char_ids": {0: "batch", 1: "words", 2: "chars"},
+        "lengths": {0: "batch"},
+        EMISSIONS: {0: "batch", 1: "words"},
+    }
+    with warnings.catch_warnings():
+        # the TorchScript exporter is deprecated (the module docstring says why it is used)
+        warnings.filterwarnings(
+            "ignore", "You are using the legacy TorchScript", DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
+        # nn.LSTM's own shape checks, constant for a given model
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn")
+        # about LSTM initial states fixed to the example's batch size: ours are zeros of the
+        # input's batch size, and the check runs batch sizes 1, 3 and 8
+        warnings.filterwarnings(
+            "ignore", "Exporting a model to ONNX with a batch_size", UserWarning
+        )
+        torch.onnx.export(
+            graph,
+            arguments,
+            os.fspath(path),
+            dynamo=False,
+            input_names=list(INPUTS),
+            output_names=[EMISSIONS],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+
+
+def _vocab_data(tagger: Tagger, max_word_chars: int | None) -> dict[str, Any]:
+    vocab = tagger.vocab
+    return {
+        "format": VOCAB_FORMAT,
+        "words": list(vocab.words.items),
+        "word_unk": vocab.words.unk_index,
+        "lowercase_words": True,
+        "chars": list(vocab.chars.items),
+        "char_unk": vocab.chars.unk_index,
+        "max_word_chars": max_word_chars,
+        "labels": list(vocab.labels),
+        "types": list(vocab.types),
+    }
+
+
+def _write_crf(head: CRFHead, path: Path) -> None:
+    """``crf.npz``: the scores as trained (float32) and the constraint masks (all True for an
+    unconstrained CRF)."""
+    arrays = {}
+    for name in ("transitions", "start", "end"):
+        scores = getattr(head, name).detach().float().cpu().numpy()
+        allowed = getattr(head, f"allowed_{name}")
+        arrays[name] = scores
+        arrays[f"allowed_{name}"] = (
+            np.ones(scores.shape, dtype=bool) if allowed is None else allowed.cpu().numpy()
+        )
+    np.savez(path, **arrays)
+
+
+def _check_destination(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{os.fspath(out)!r} exists and is not a directory: choose another `out`")
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(
+            f"{os.fspath(out)!r} exists and is not empty: refusing to overwrite it (remove it or "
+            "choose another `out`)"
+        )
+
+
+def export_onnx(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Export the NER model of ``model_dir`` to the new directory ``out`` (see the module
+    docstring); returns the manifest written to ``out/export.json``.
+
+    ``ValueError``: ``model_dir`` holds no complete NER model, a model that cannot be exported (a
+    transformer, a span head), or ``out`` is a file or a non-empty directory. ``RuntimeError``:
+    the exported model does not compute the tagger's emissions (to ``1e-4``).
+    """
+    out = Path(out)
+    _check_destination(out)
+    tagger, info = load_tagger(model_dir)
+    check_exportable(info)
+    tagger.eval()
+    graph = EmissionGraph(tagger).eval()
+    max_word_chars = TaggingCollator(info.vocab).max_word_chars
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:12]}"
+    scratch.mkdir()
+    try:
+        files = {"model": MODEL_FILE, "vocab": VOCAB_FILE}
+        _write_onnx(graph, scratch / MODEL_FILE)
+        vocab_text = json.dumps(_vocab_data(tagger, max_word_chars), ensure_ascii=False)
+        (scratch / VOCAB_FILE).write_text(vocab_text + "\n", encoding="utf-8")
+        if isinstance(tagger.head, CRFHead):
+            _write_crf(tagger.head, scratch / CRF_FILE)
+            files["crf"] = CRF_FILE
+        check = _check_onnx(scratch / MODEL_FILE, tagger)
+        inputs = check.pop("inputs")
+        manifest = {
+            "task": info.task,
+            "format": "onnx",
+            "files": files,
+            "head": info.config.head,
+            "crf_constraints": info.config.crf_constraints if info.config.head == "crf" else None,
+            "labels": list(info.vocab.labels),
+            "types": list(info.types),
+            "inputs": inputs,
+            "output": EMISSIONS,
+            "opset": OPSET,
+            "source": {
+                "model_dir": os.fspath(Path(info.directory).resolve()),
+                "sha256": info.file_hash,
+                "arch": info.arch,
+                "tag_scheme": info.tag_scheme,
+            },
+            "structkd_version": structkd.__version__,
+            "torch_version": torch.__version__,
+            "check": check,
+        }
+        write_manifest(scratch, manifest)
+        _check_destination(out)
+        try:
+            os.replace(scratch, out)  # replaces an empty directory, never a non-empty one
+        except OSError as error:
+            raise ValueError(
+                f"could not move the export into {os.fspath(out)!r} ({error.strerror}): "
+                "refusing to overwrite it"
+            ) from None
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return read_manifest(out)
