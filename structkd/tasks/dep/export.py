@@ -47,9 +47,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +57,13 @@ from torch import Tensor, nn
 import structkd
 from structkd.data.dep_batching import DepBatch, DepCollator
 from structkd.models.dep_tagger import SequenceLabelingParser
+from structkd.models.export import (
+    ExportBiLSTM,
+    char_cnn_features,
+    check_destination,
+    export_directory,
+    write_onnx,
+)
 from structkd.serve.manifest import read_manifest, write_manifest
 from structkd.tasks.dep.model import TASK, load_dep_model
 
@@ -106,35 +110,14 @@ class LabelGraph(nn.Module):
         self.char_embedding = None if char_cnn is None else char_cnn.embedding
         self.char_conv = None if char_cnn is None else char_cnn.conv
         self.upos_embedding = encoder.upos_embedding
-        lstm = encoder.lstm
-        if not (lstm.bidirectional and lstm.batch_first and lstm.bias) or lstm.proj_size:
-            raise ValueError("LabelGraph expects the encoder's batch-first BiLSTM with biases")
-        self.forward_layers = nn.ModuleList()
-        self.backward_layers = nn.ModuleList()
-        for layer in range(lstm.num_layers):
-            width = lstm.input_size if layer == 0 else 2 * lstm.hidden_size
-            for suffix, layers in (("", self.forward_layers), ("_reverse", self.backward_layers)):
-                direction = nn.LSTM(width, lstm.hidden_size, batch_first=True)
-                with torch.no_grad():
-                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                        source = getattr(lstm, f"{name}_l{layer}{suffix}")
-                        getattr(direction, f"{name}_l0").copy_(source)
-                layers.append(direction)
+        self.bilstm = ExportBiLSTM(encoder.lstm)
         self.hidden = student.hidden
         self.output = student.output
 
     def character_features(self, char_ids: Tensor) -> Tensor:
-        """``[B, N, C]`` -> ``[B, N, filters]``: ``CharCNN`` on every word at once (a word
-        without characters, i.e. padding, gets 0)."""
+        """``[B, N, C]`` -> ``[B, N, filters]`` (``char_cnn_features``)."""
         assert self.char_embedding is not None and self.char_conv is not None
-        batch_size, seq_len, width = char_ids.shape
-        flat = char_ids.reshape(-1, width)  # [W, C]
-        real = flat != 0
-        convolved = self.char_conv(self.char_embedding(flat).transpose(1, 2))  # [W, F, C]
-        convolved = convolved.masked_fill(~real.unsqueeze(1), -torch.inf)
-        pooled = convolved.amax(-1)  # [W, F]
-        pooled = torch.where(real.any(-1, keepdim=True), pooled, torch.zeros_like(pooled))
-        return pooled.reshape(batch_size, seq_len, -1)
+        return char_cnn_features(self.char_embedding, self.char_conv, char_ids)
 
     def forward(
         self, word_ids: Tensor, char_ids: Tensor, upos_ids: Tensor, lengths: Tensor
@@ -145,25 +128,8 @@ class LabelGraph(nn.Module):
             inputs.append(self.character_features(char_ids))
         if self.upos_embedding is not None:
             inputs.append(self.upos_embedding(upos_ids))
-        hidden = torch.cat(inputs, dim=-1)
-        positions = torch.arange(word_ids.shape[1], device=word_ids.device).unsqueeze(0)
-        ends = lengths.unsqueeze(1)
-        mask = positions < ends  # [B, N]
-        # reversal[b, i] = length_b - 1 - i inside a sentence, i beyond: its own inverse
-        reversal = torch.where(mask, ends - 1 - positions, positions)
-        for forward_layer, backward_layer in zip(
-            self.forward_layers, self.backward_layers, strict=True
-        ):
-            forward_out, _ = forward_layer(hidden)
-            backward_out, _ = backward_layer(_positions(hidden, reversal))
-            hidden = torch.cat([forward_out, _positions(backward_out, reversal)], dim=-1)
-            hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+        hidden = self.bilstm(torch.cat(inputs, dim=-1), lengths)
         return torch.log_softmax(self.output(self.hidden(hidden)), dim=-1)
-
-
-def _positions(values: Tensor, index: Tensor) -> Tensor:
-    """``values[b, index[b, i], :]`` for ``values [B, N, D]`` and ``index [B, N]``."""
-    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,40 +241,15 @@ def _write_onnx(graph: LabelGraph, path: Path) -> None:
         "lengths": {0: "batch"},
         OUTPUT: {0: "batch", 1: "words"},
     }
-    with warnings.catch_warnings():
-        # the TorchScript exporter is deprecated (the module docstring says why it is used)
-        warnings.filterwarnings(
-            "ignore", "You are using the legacy TorchScript", DeprecationWarning
-        )
-        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
-        # nn.LSTM's own shape checks, constant for a given model
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn")
-        # about LSTM initial states fixed to the example's batch size: ours are zeros of the
-        # input's batch size, and the check runs batch sizes 1, 3, 5 and 8
-        warnings.filterwarnings(
-            "ignore", "Exporting a model to ONNX with a batch_size", UserWarning
-        )
-        torch.onnx.export(
-            graph,
-            arguments,
-            os.fspath(path),
-            dynamo=False,
-            input_names=list(INPUTS),
-            output_names=[OUTPUT],
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-        )
-
-
-def _check_destination(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{os.fspath(out)!r} exists and is not a directory: choose another `out`")
-    if out.is_dir() and any(out.iterdir()):
-        raise ValueError(
-            f"{os.fspath(out)!r} exists and is not empty: refusing to overwrite it (remove it or "
-            "choose another `out`)"
-        )
+    write_onnx(
+        graph,
+        arguments,
+        path,
+        input_names=INPUTS,
+        output_names=[OUTPUT],
+        dynamic_axes=axes,
+        opset=OPSET,
+    )
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -324,7 +265,7 @@ def export_onnx(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) 
     model does not compute the student's log-probabilities (to ``1e-4``).
     """
     out = Path(out)
-    _check_destination(out)
+    check_destination(out)
     student, info = load_dep_model(model_dir)
     if info.kind != "student" or not isinstance(student, SequenceLabelingParser):
         raise ValueError(
@@ -339,10 +280,7 @@ def export_onnx(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) 
     scheme = info.scheme
     assert scheme is not None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:12]}"
-    scratch.mkdir()
-    try:
+    with export_directory(out) as scratch:
         files = {"model": MODEL_FILE, "vocab": VOCAB_FILE, "scheme": SCHEME_FILE}
         _write_onnx(graph, scratch / MODEL_FILE)
         vocab_data = {
@@ -375,15 +313,4 @@ def export_onnx(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) 
             "check": check,
         }
         write_manifest(scratch, manifest)
-        _check_destination(out)
-        try:
-            os.replace(scratch, out)  # replaces an empty directory, never a non-empty one
-        except OSError as error:
-            raise ValueError(
-                f"could not move the export into {os.fspath(out)!r} ({error.strerror}): "
-                "refusing to overwrite it"
-            ) from None
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     return read_manifest(out)
