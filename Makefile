@@ -50,8 +50,7 @@ bench-quick:
 # pipeline (in .venv-bench only), 1 thread; rewrites docs/serving.md, serving.png, serving.json.
 # The models: the demo's (`make demo`), the dependency grid's (`structkd experiment
 # experiments/dep-tier1.toml`: two teachers, seed-1 students) and the other teacher parsers
-# trained with the grid's settings into runs/teachers/ (docs/serving.md says how; the mean-field
-# parser is left out until one is trained: add --dep "teacher: mean-field=DIR"). Other model
+# trained with the grid's settings into runs/teachers/ (docs/serving.md says how). Other model
 # directories are given as NAME=DIR (benchmarks/serving.py --help).
 DEP_RUNS := runs/dep-tier1/runs
 SERVING_MODELS ?= \
@@ -61,6 +60,7 @@ SERVING_MODELS ?= \
 	--dep "teacher: head selection=runs/teachers/head-selection" \
 	--dep "teacher: projective (Eisner)=runs/teachers/projective" \
 	--dep "teacher: matrix-tree=$(DEP_RUNS)/teacher-matrix-tree-s1-ec55e0fd1e9b/model" \
+	--dep "teacher: mean-field=runs/teachers/mean-field" \
 	--dep "teacher: exact siblings=$(DEP_RUNS)/teacher-sibling-exact-s1-20e50cbd15d0/model" \
 	--dep "student: offset, structural KD=$(DEP_RUNS)/student-offset-struct-from-matrix-tree-s1-9cbc0346f11c/model" \
 	--dep "student: PoS, structural KD=$(DEP_RUNS)/student-pos-struct-from-matrix-tree-s1-c52a836389d6/model" \

@@ -370,9 +370,8 @@ def _markdown(rows: list[dict], args: argparse.Namespace, seconds: float) -> str
         "exported to ONNX. Dependency parsing: the biaffine teacher parsers and the sequence-"
         "labeling students (offset and PoS head encodings, structural KD from the matrix-tree "
         "teacher, seed 1) of `experiments/dep-tier1.toml` (12 epochs, patience 3; the head-"
-        "selection and projective parsers trained with the same settings by `structkd train "
-        "--task dep --arch parser-NAME --epochs 12 --patience 3 --seed 1`; the mean-field "
-        "parser is not in the table: its training had not finished when this was run).",
+        "selection, projective and mean-field parsers trained with the same settings by "
+        "`structkd train --task dep --arch parser-NAME --epochs 12 --patience 3 --seed 1`).",
         "",
     ]
     for task, title in (("ner", "NER, CoNLL-2003 test"), ("dep", "Dependency parsing, TWT test")):
