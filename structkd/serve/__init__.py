@@ -6,6 +6,7 @@
 * ``structkd.serve.predictor``: the ``Predictor`` base class (input normalization, length-sorted
   batches, thread count) that each task's predictors extend;
 * ``structkd.serve.manifest``: the exported model directory (``export.json``);
+  ``structkd.serve.onnx``: the onnxruntime session of one;
 * ``structkd.serve.chain`` and ``structkd.serve.trees``: decoding in numpy for exported models
   (linear chains: Viterbi, forward-backward marginals, span probabilities; dependency labels:
   label decoding and tree repair).

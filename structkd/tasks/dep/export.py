@@ -65,6 +65,7 @@ from structkd.models.export import (
     write_onnx,
 )
 from structkd.serve.manifest import read_manifest, write_manifest
+from structkd.serve.onnx import onnx_session
 from structkd.tasks.dep.model import TASK, load_dep_model
 
 __all__ = [
@@ -176,17 +177,6 @@ def torch_log_probs(student: SequenceLabelingParser, arrays: dict[str, np.ndarra
         return torch.log_softmax(student(batch).float(), dim=-1).numpy()
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(
-        os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-
-
 def _check_onnx(path: Path, student: SequenceLabelingParser) -> dict[str, Any]:
     """Run ``path`` with onnxruntime on random batches and compare with ``student``; returns the
     check's summary (and the model's input names), ``RuntimeError`` beyond
@@ -194,7 +184,7 @@ def _check_onnx(path: Path, student: SequenceLabelingParser) -> dict[str, Any]:
     import onnx
 
     onnx.checker.check_model(os.fspath(path))
-    session = _session(path)
+    session = onnx_session(path, 1)
     wanted = [item.name for item in session.get_inputs()]
     vocab = student.vocab
     sizes = (len(vocab.words), len(vocab.chars), len(vocab.upos))

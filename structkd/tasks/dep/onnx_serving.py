@@ -26,6 +26,7 @@ import numpy as np
 from structkd.data.dep_encodings import DepLabelScheme, WordEncoder, WordLayout
 from structkd.data.vocab import Vocabulary
 from structkd.serve.manifest import read_manifest
+from structkd.serve.onnx import onnx_session
 from structkd.serve.text import TokenizedSentence
 from structkd.serve.trees import decode_scores, head_probabilities
 from structkd.tasks.dep.predictor import DepParse, DepPredictor, parses
@@ -97,17 +98,7 @@ class OnnxDepPredictor(DepPredictor):
         self.needs_upos = self.scheme.encoding == "pos"
         self.reads_upos = bool(manifest.get("reads_upos", True))
 
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        if num_threads is not None:
-            options.intra_op_num_threads = num_threads
-            options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(
-            os.fspath(directory / files["model"]),
-            sess_options=options,
-            providers=["CPUExecutionProvider"],
-        )
+        self.session = onnx_session(directory / files["model"], num_threads)
         self.inputs = [item.name for item in self.session.get_inputs()]
         self.output = manifest.get("output", "log_probs")
 

@@ -67,6 +67,7 @@ from structkd.models.export import (
 from structkd.models.heads import CRFHead, SoftmaxHead
 from structkd.models.tagger import Tagger
 from structkd.serve.manifest import read_manifest, write_manifest
+from structkd.serve.onnx import onnx_session
 from structkd.tasks.ner.model import ModelInfo, load_tagger
 
 __all__ = [
@@ -200,15 +201,9 @@ def _check_onnx(path: Path, tagger: Tagger) -> dict[str, Any]:
     check's summary (and the model's input names), ``RuntimeError`` beyond
     ``EXPORT_TOLERANCE``."""
     import onnx
-    import onnxruntime
 
     onnx.checker.check_model(os.fspath(path))
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
-        os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    session = onnx_session(path, 1)
     wanted = [item.name for item in session.get_inputs()]  # no char_ids without a char CNN
     vocab = tagger.vocab
     rng = np.random.default_rng(0)

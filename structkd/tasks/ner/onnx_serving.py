@@ -30,6 +30,7 @@ import numpy as np
 
 from structkd.serve import chain
 from structkd.serve.manifest import read_manifest
+from structkd.serve.onnx import onnx_session
 from structkd.serve.text import TokenizedSentence
 from structkd.tasks.ner.predictor import NerLabels, NerPredictor
 
@@ -370,7 +371,7 @@ class OnnxNerPredictor(NerPredictor):
             raise ValueError(f"{where}: its labels differ from those of {files['vocab']}")
         self.labels, self.types = self.vocab.labels, self.vocab.types
         self.crf = _read_crf(directory / files["crf"], len(self.labels)) if head == "crf" else None
-        self.session = _session(directory / files["model"], num_threads)
+        self.session = onnx_session(directory / files["model"], num_threads)
         self.onnx_chunk = onnx_chunk
         self.input_names = [item.name for item in self.session.get_inputs()]
         unknown = sorted(set(self.input_names) - {"word_ids", "char_ids", "lengths"})
@@ -491,24 +492,3 @@ def _read_crf(path: Path, n_labels: int) -> tuple[np.ndarray, np.ndarray, np.nda
         if not name.startswith("allowed") and not np.isfinite(arrays[name]).all():
             raise ValueError(f"{os.fspath(path)}: {name} must be finite")
     return masked_crf(*(arrays[name] for name in _CRF_ARRAYS))
-
-
-def _session(path: Path, num_threads: int | None) -> Any:
-    """An onnxruntime session of ``path`` on the CPU provider: ``num_threads`` intra-op threads
-    (``None``: onnxruntime's default), one inter-op thread (the graph runs sequentially)."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ImportError(
-            "serving an exported model needs onnxruntime: pip install 'structkd[serve]'"
-        ) from None
-    options = onnxruntime.SessionOptions()
-    options.inter_op_num_threads = 1
-    if num_threads is not None:
-        options.intra_op_num_threads = num_threads
-    try:
-        return onnxruntime.InferenceSession(
-            os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
-        raise ValueError(f"{os.fspath(path)}: onnxruntime cannot load it ({error})") from None
