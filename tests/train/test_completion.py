@@ -17,32 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from structkd.api import DistillOptions, TrainOptions, distill, evaluate, train
+from structkd.api import DistillOptions, distill, evaluate, train
 from structkd.tasks import get_task
 from structkd.train import checkpoint
 from structkd.train.checkpoint import COMPLETE_FILE, MODEL_FILE, read_model
 from structkd.train.fit import fit
 from structkd.train.interrupts import RunInterrupted
 from structkd.train.store import build_entry, fingerprint, locked
-from tests.tasks.ner import TINY, write_conll
-
-
-def _options(tmp_path: Path, name: str, **changes) -> TrainOptions:
-    fields = {
-        "train": str(tmp_path / "train.conll"),
-        "dev": str(tmp_path / "train.conll"),
-        "out": str(tmp_path / name),
-        "arch": "student-crf",
-        "arch_overrides": dict(TINY),
-        "epochs": 3,
-        "batch_size": 8,
-        "learning_rate": 0.02,
-        "patience": None,
-        "cache_dir": str(tmp_path / "cache"),
-        "progress": False,
-    }
-    fields.update(changes)
-    return TrainOptions(**fields)
+from tests.tasks.ner import tiny_options, write_conll
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +32,7 @@ def finished(tmp_path_factory):
     """A finished tiny model directory (and its data)."""
     tmp_path = tmp_path_factory.mktemp("complete")
     write_conll(tmp_path / "train.conll", 24, seed=1)
-    train(_options(tmp_path, "model"))
+    train(tiny_options(tmp_path, "model", epochs=3))
     return tmp_path
 
 
@@ -85,7 +67,7 @@ def test_a_directory_without_the_marker_is_refused_by_every_consumer(finished, t
     with pytest.raises(ValueError, match="training did not finish"):
         distill(
             DistillOptions(
-                **vars(_options(finished, "unused", out=str(tmp_path / "student"))),
+                **vars(tiny_options(finished, "unused", out=str(tmp_path / "student"), epochs=3)),
                 teachers=[str(killed)],
                 method="struct",
             )
@@ -156,7 +138,8 @@ def test_a_new_run_removes_the_old_outputs_before_training(finished, tmp_path) -
     model_dir = _copy(finished / "model", tmp_path / "rerun")
     (model_dir / ".metrics.json.123.tmp").write_text("{}")
     (model_dir / "notes.txt").write_text("mine")
-    run = get_task("ner").prepare_train(_options(finished, "rerun", out=str(model_dir), epochs=2))
+    options = tiny_options(finished, "rerun", out=str(model_dir), epochs=2)
+    run = get_task("ner").prepare_train(options)
 
     def killed(model, device):  # the run dies after training, before its final scores
         raise RunInterrupted(signal.SIGTERM)
@@ -170,7 +153,7 @@ def test_a_new_run_removes_the_old_outputs_before_training(finished, tmp_path) -
 
 
 def test_lightning_does_not_swallow_an_interrupt(finished, tmp_path) -> None:
-    run = get_task("ner").prepare_train(_options(finished, "swallowed", epochs=50))
+    run = get_task("ner").prepare_train(tiny_options(finished, "swallowed", epochs=50))
     gold_loss, calls = run.hooks.gold_loss, []
 
     def interrupted_at_the_fifth_step(*args, **kwargs):

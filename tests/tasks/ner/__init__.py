@@ -63,3 +63,25 @@ def write_tokens(path: Path, n: int, seed: int) -> Path:
     lines = [" ".join(tokens) for tokens, _ in tagged_sentences(n, seed)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def tiny_options(tmp_path: Path, name: str, **changes: Any) -> Any:
+    """``TrainOptions`` of a tiny CRF student on ``tmp_path/train.conll`` (dev = train), written
+    to ``tmp_path/name``, 12 epochs; ``changes`` override any field."""
+    from structkd.train.options import TrainOptions
+
+    fields = {
+        "train": str(tmp_path / "train.conll"),
+        "dev": str(tmp_path / "train.conll"),
+        "out": str(tmp_path / name),
+        "arch": "student-crf",
+        "arch_overrides": dict(TINY),
+        "epochs": 12,
+        "batch_size": 8,
+        "learning_rate": 0.02,
+        "patience": None,
+        "cache_dir": str(tmp_path / "cache"),
+        "progress": False,
+    }
+    fields.update(changes)
+    return TrainOptions(**fields)

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import structkd
-from structkd.api import TrainOptions, predict, read_inputs, train
+from structkd.api import predict, read_inputs, train
 from structkd.cli import main
 from structkd.data.batching import TaggingCollator
 from structkd.data.conll import DataError, Sentence, read_tokenized
@@ -34,27 +34,9 @@ from structkd.tasks.ner.serving import entity_spans, span_probabilities
 from structkd.train.checkpoint import COMPLETE_FILE
 from tests.distill.enumeration import bioes_parse
 from tests.structures.brute_chains import enumerate_chain
-from tests.tasks.ner import TINY, write_conll, write_tokens
+from tests.tasks.ner import TINY, tiny_options, write_conll, write_tokens
 
 TEXT = "Alice Smith visited Paris today. Bob works at Acme Inc in Rome.\n\nCarol met Dave."
-
-
-def _options(tmp_path, name: str, **changes) -> TrainOptions:
-    fields = {
-        "train": str(tmp_path / "train.conll"),
-        "dev": str(tmp_path / "train.conll"),
-        "out": str(tmp_path / name),
-        "arch": "student-crf",
-        "arch_overrides": dict(TINY),
-        "epochs": 12,
-        "batch_size": 8,
-        "learning_rate": 0.02,
-        "patience": None,
-        "cache_dir": str(tmp_path / "cache"),
-        "progress": False,
-    }
-    fields.update(changes)
-    return TrainOptions(**fields)
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +45,10 @@ def models(tmp_path_factory):
     span tagger trained briefly (their predictions need only be what the model says)."""
     tmp_path = tmp_path_factory.mktemp("serving")
     write_conll(tmp_path / "train.conll", 40, seed=1)
-    train(_options(tmp_path, "crf"))
-    train(_options(tmp_path, "softmax", arch="student-softmax", epochs=2))
+    train(tiny_options(tmp_path, "crf"))
+    train(tiny_options(tmp_path, "softmax", arch="student-softmax", epochs=2))
     span = {**TINY, "head": "span", "span_ffnn_dim": 8, "span_dropout": 0.0}
-    train(_options(tmp_path, "span", arch_overrides=span, epochs=2))
+    train(tiny_options(tmp_path, "span", arch_overrides=span, epochs=2))
     return tmp_path
 
 

@@ -7,31 +7,13 @@ import json
 import pytest
 import torch
 
-from structkd.api import TrainOptions, evaluate, predict, train
+from structkd.api import evaluate, predict, train
 from structkd.cli import main
 from structkd.data.batching import TaggingCollator
 from structkd.data.conll import read_tokenized
 from structkd.tasks.ner.model import load_tagger
 from structkd.train.checkpoint import MODEL_FILE
-from tests.tasks.ner import TINY, write_conll, write_tokens
-
-
-def tiny_options(tmp_path, name: str, **changes) -> TrainOptions:
-    fields = {
-        "train": str(tmp_path / "train.conll"),
-        "dev": str(tmp_path / "train.conll"),
-        "out": str(tmp_path / name),
-        "arch": "student-crf",
-        "arch_overrides": dict(TINY),
-        "epochs": 12,
-        "batch_size": 8,
-        "learning_rate": 0.02,
-        "patience": None,
-        "cache_dir": str(tmp_path / "cache"),
-        "progress": False,
-    }
-    fields.update(changes)
-    return TrainOptions(**fields)
+from tests.tasks.ner import TINY, tiny_options, write_conll, write_tokens
 
 
 @pytest.fixture(scope="module")
