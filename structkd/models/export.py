@@ -16,15 +16,20 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from structkd.serve.onnx import onnx_session
 
 __all__ = [
     "ExportBiLSTM",
     "char_cnn_features",
+    "check_against_torch",
     "check_destination",
     "export_directory",
     "gather_positions",
@@ -160,3 +165,51 @@ def export_directory(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+
+
+def check_against_torch(
+    path: Path,
+    output: str,
+    batches: Iterable[dict[str, np.ndarray]],
+    reference: Callable[[dict[str, np.ndarray]], np.ndarray],
+    *,
+    tolerance: float,
+    what: str,
+    model: str,
+) -> dict[str, Any]:
+    """Check the ONNX model at ``path`` and run it with onnxruntime on ``batches`` (arrays by
+    input name, with ``lengths [B]``); its ``output`` ``[B, N, ...]`` must equal ``reference(
+    arrays)`` within ``tolerance`` at every real position. Returns the summary (the model's input
+    names, the largest difference, the sentences); ``RuntimeError`` naming ``what`` (the output,
+    e.g. ``"emissions"``) and ``model`` (``"tagger"``) otherwise."""
+    import onnx
+
+    onnx.checker.check_model(os.fspath(path))
+    session = onnx_session(path, 1)
+    wanted = [item.name for item in session.get_inputs()]  # e.g. no char_ids without a char CNN
+    largest, sentences = 0.0, 0
+    for arrays in batches:
+        shape = list(arrays["char_ids"].shape)
+        (exported,) = session.run([output], {name: arrays[name] for name in wanted})
+        expected = reference(arrays)
+        if exported.shape != expected.shape:
+            raise RuntimeError(
+                f"the exported model returned {what} of shape {list(exported.shape)}, torch "
+                f"{list(expected.shape)} (batch shape {shape})"
+            )
+        inside = np.arange(shape[1]) < arrays["lengths"][:, None]
+        difference = float(np.abs(exported - expected)[inside].max())
+        if not difference <= tolerance:
+            raise RuntimeError(
+                f"the exported model's {what} differ from the torch {model}'s by "
+                f"{difference:.3g} (more than {tolerance:g}) on a batch of shape {shape}: the "
+                "export is wrong; nothing was written"
+            )
+        largest = max(largest, difference)
+        sentences += shape[0]
+    return {
+        "inputs": wanted,
+        "max_abs_diff": largest,
+        "tolerance": tolerance,
+        "sentences": sentences,
+    }

@@ -60,12 +60,12 @@ from structkd.models.dep_tagger import SequenceLabelingParser
 from structkd.models.export import (
     ExportBiLSTM,
     char_cnn_features,
+    check_against_torch,
     check_destination,
     export_directory,
     write_onnx,
 )
 from structkd.serve.manifest import read_manifest, write_manifest
-from structkd.serve.onnx import onnx_session
 from structkd.tasks.dep.model import TASK, load_dep_model
 
 __all__ = [
@@ -181,40 +181,19 @@ def _check_onnx(path: Path, student: SequenceLabelingParser) -> dict[str, Any]:
     """Run ``path`` with onnxruntime on random batches and compare with ``student``; returns the
     check's summary (and the model's input names), ``RuntimeError`` beyond
     ``EXPORT_TOLERANCE``."""
-    import onnx
-
-    onnx.checker.check_model(os.fspath(path))
-    session = onnx_session(path, 1)
-    wanted = [item.name for item in session.get_inputs()]
     vocab = student.vocab
     sizes = (len(vocab.words), len(vocab.chars), len(vocab.upos))
     rng = np.random.default_rng(0)
-    largest, sentences = 0.0, 0
-    for shape in _CHECK_SHAPES:
-        arrays = _random_batch(rng, shape, sizes)
-        (exported,) = session.run([OUTPUT], {name: arrays[name] for name in wanted})
-        expected = torch_log_probs(student, arrays)
-        if exported.shape != expected.shape:
-            raise RuntimeError(
-                f"the exported model returned log-probabilities of shape {list(exported.shape)}, "
-                f"torch {list(expected.shape)} (batch shape {list(shape)})"
-            )
-        inside = np.arange(shape[1]) < arrays["lengths"][:, None]
-        difference = float(np.abs(exported - expected)[inside].max())
-        if not difference <= EXPORT_TOLERANCE:
-            raise RuntimeError(
-                f"the exported model's log-probabilities differ from the torch student's by "
-                f"{difference:.3g} (more than {EXPORT_TOLERANCE:g}) on a batch of shape "
-                f"{list(shape)}: the export is wrong; nothing was written"
-            )
-        largest = max(largest, difference)
-        sentences += shape[0]
-    return {
-        "inputs": wanted,
-        "max_abs_diff": largest,
-        "tolerance": EXPORT_TOLERANCE,
-        "sentences": sentences,
-    }
+    batches = (_random_batch(rng, shape, sizes) for shape in _CHECK_SHAPES)
+    return check_against_torch(
+        path,
+        OUTPUT,
+        batches,
+        lambda arrays: torch_log_probs(student, arrays),
+        tolerance=EXPORT_TOLERANCE,
+        what="log-probabilities",
+        model="student",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from structkd.data.batching import TaggingBatch, TaggingCollator
 from structkd.models.export import (
     ExportBiLSTM,
     char_cnn_features,
+    check_against_torch,
     check_destination,
     export_directory,
     write_onnx,
@@ -67,7 +68,6 @@ from structkd.models.export import (
 from structkd.models.heads import CRFHead, SoftmaxHead
 from structkd.models.tagger import Tagger
 from structkd.serve.manifest import read_manifest, write_manifest
-from structkd.serve.onnx import onnx_session
 from structkd.tasks.ner.model import ModelInfo, load_tagger
 
 __all__ = [
@@ -200,39 +200,20 @@ def _check_onnx(path: Path, tagger: Tagger) -> dict[str, Any]:
     """Run ``path`` with onnxruntime on random batches and compare with ``tagger``; returns the
     check's summary (and the model's input names), ``RuntimeError`` beyond
     ``EXPORT_TOLERANCE``."""
-    import onnx
-
-    onnx.checker.check_model(os.fspath(path))
-    session = onnx_session(path, 1)
-    wanted = [item.name for item in session.get_inputs()]  # no char_ids without a char CNN
     vocab = tagger.vocab
     rng = np.random.default_rng(0)
-    largest, sentences = 0.0, 0
-    for shape in _CHECK_SHAPES:
-        arrays = _random_batch(rng, shape, len(vocab.words), len(vocab.chars))
-        (exported,) = session.run([EMISSIONS], {name: arrays[name] for name in wanted})
-        expected = torch_emissions(tagger, arrays)
-        if exported.shape != expected.shape:
-            raise RuntimeError(
-                f"the exported model returned emissions of shape {list(exported.shape)}, torch "
-                f"{list(expected.shape)} (batch shape {list(shape)})"
-            )
-        inside = np.arange(shape[1]) < arrays["lengths"][:, None]
-        difference = float(np.abs(exported - expected)[inside].max())
-        if not difference <= EXPORT_TOLERANCE:
-            raise RuntimeError(
-                f"the exported model's emissions differ from the torch tagger's by {difference:.3g}"
-                f" (more than {EXPORT_TOLERANCE:g}) on a batch of shape {list(shape)}: the export "
-                "is wrong; nothing was written"
-            )
-        largest = max(largest, difference)
-        sentences += shape[0]
-    return {
-        "inputs": wanted,
-        "max_abs_diff": largest,
-        "tolerance": EXPORT_TOLERANCE,
-        "sentences": sentences,
-    }
+    batches = (
+        _random_batch(rng, shape, len(vocab.words), len(vocab.chars)) for shape in _CHECK_SHAPES
+    )
+    return check_against_torch(
+        path,
+        EMISSIONS,
+        batches,
+        lambda arrays: torch_emissions(tagger, arrays),
+        tolerance=EXPORT_TOLERANCE,
+        what="emissions",
+        model="tagger",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
