@@ -12,7 +12,7 @@ from typing import Any, TextIO
 __all__ = ["Document", "Entity", "Sentence", "Token", "write_json_lines"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Token:
     """A token: ``text`` and its ``[start, end)`` character offsets into the document.
 
@@ -36,7 +36,7 @@ class Token:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
-@dataclass
+@dataclass(slots=True)
 class Entity:
     """A named entity: its ``text`` (the document's slice), ``label`` (type), ``[start, end)``
     character offsets, ``score`` (the probability under the model that exactly this span is an
@@ -56,7 +56,7 @@ class Entity:
         return asdict(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class Sentence:
     """A sentence of a document: its tokens; ``start``/``end`` span them in the document."""
 
@@ -78,7 +78,7 @@ class Sentence:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class Document:
     """One input text as a predictor returns it: the ``text``, its ``sentences`` and, for NER,
     its ``entities`` in text order."""

@@ -14,6 +14,7 @@ an abbreviation that ends a sentence loses its final period to the sentence (``U
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,16 +60,25 @@ def split_text(text: str) -> list[TokenizedSentence]:
 
 def from_tokens(tokens: Sequence[str]) -> tuple[str, TokenizedSentence]:
     """A pre-tokenized sentence as ``(text, sentence)``: the text is the tokens joined by single
-    spaces, the offsets point into it. ``ValueError`` for an empty token or one with whitespace."""
+    spaces, the offsets point into it. ``ValueError`` for an empty token or one with whitespace.
+
+    The check is one ``str.split`` of the joined text: it gives back exactly the tokens iff each
+    is a non-empty string without whitespace (``str.split`` and ``str.isspace`` agree on what
+    whitespace is); only a failing sentence is walked token by token, to name the token."""
     if isinstance(tokens, str):
         raise TypeError("a pre-tokenized sentence is a list of strings, not one string")
-    starts, ends, position = [], [], 0
-    for index, token in enumerate(tokens):
-        if not isinstance(token, str):
-            raise TypeError(f"token {index} must be a string; got {type(token).__name__}")
-        if not token or any(character.isspace() for character in token):
-            raise ValueError(f"token {index} ({token!r}) is empty or contains whitespace")
-        starts.append(position)
-        ends.append(position + len(token))
-        position += len(token) + 1
-    return " ".join(tokens), TokenizedSentence(tuple(tokens), tuple(starts), tuple(ends))
+    tokens = tuple(tokens)
+    try:
+        text = " ".join(tokens)
+    except TypeError:
+        text = None
+    if text is None or text.split() != list(tokens):
+        for index, token in enumerate(tokens):
+            if not isinstance(token, str):
+                raise TypeError(f"token {index} must be a string; got {type(token).__name__}")
+            if not token or any(character.isspace() for character in token):
+                raise ValueError(f"token {index} ({token!r}) is empty or contains whitespace")
+        raise AssertionError("unreachable: the split differs, so some token is invalid")
+    ends = tuple(itertools.accumulate(map(len, tokens), lambda end, size: end + 1 + size))
+    starts = (0, *map((1).__add__, ends[:-1])) if tokens else ()
+    return text, TokenizedSentence(tokens, starts, ends)
