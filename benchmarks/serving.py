@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -267,21 +268,12 @@ def _measure(spec: dict, workdir: Path, tag: str) -> dict:
     return json.loads(Path(spec["output"]).read_text())
 
 
-def _ensure_exported(model: Path, out: Path) -> Path:
-    if not (out / "export.json").is_file():
-        subprocess.run(
-            [
-                str(ROOT / ".venv/bin/structkd"),
-                "export",
-                "--model",
-                str(model),
-                "--format",
-                "onnx",
-                "--out",
-                str(out),
-            ],
-            check=True,
-        )
+def _export(model: Path, out: Path) -> Path:
+    """``out``: ``model`` exported by this checkout (always again: an export made by other code
+    would be measured instead of this one)."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [str(ROOT / ".venv/bin/structkd"), "export", "--model", str(model)]
+    subprocess.run([*command, "--format", "onnx", "--out", str(out)], check=True)
     return out
 
 
@@ -290,7 +282,7 @@ def _systems(args: argparse.Namespace, exports: Path) -> list[dict]:
     for name, model in args.ner:
         systems.append({"task": "ner", "system": name, "kind": "structkd", "model": str(model)})
     for name, model in args.ner_export:
-        path = _ensure_exported(Path(model), exports / f"ner-{name}")
+        path = _export(Path(model), exports / f"ner-{name}")
         systems.append({"task": "ner", "system": name, "kind": "structkd", "model": str(path)})
     if not args.no_spacy:
         systems.append(
@@ -304,7 +296,7 @@ def _systems(args: argparse.Namespace, exports: Path) -> list[dict]:
     for name, model in args.dep:
         systems.append({"task": "dep", "system": name, "kind": "structkd", "model": str(model)})
     for name, model in args.dep_export:
-        path = _ensure_exported(Path(model), exports / f"dep-{name}")
+        path = _export(Path(model), exports / f"dep-{name}")
         systems.append({"task": "dep", "system": name, "kind": "structkd", "model": str(path)})
     return systems
 

@@ -1,12 +1,18 @@
 """Pieces of the models rewritten for ONNX export, shared by the tasks' exporters
 (``structkd/tasks/*/export.py``): an exact BiLSTM without packed sequences, the character CNN on
-every word at once, the TorchScript export call, and the destination check.
+the flat character layout, the TorchScript export call, and the destination check.
 
-Packed sequences do not export. ``ExportBiLSTM`` computes what ``nn.LSTM`` on a packed batch
-computes, at every real position: the forward direction runs on the padded batch (padding lies
-after a sentence, so it never reaches its real positions) and the backward direction on each row
-reversed within its length, ``reversal[b, i] = length_b - 1 - i`` for ``i < length_b`` (padding
-stays in place), then reversed back; outputs at padding are 0, as ``pad_packed_sequence`` gives.
+**The BiLSTM.** Packed sequences do not export, but the ONNX ``LSTM`` operator takes the
+sequence lengths itself (``sequence_lens``): its reverse direction starts at each sequence's last
+real step, which is what ``nn.LSTM`` computes on a packed batch. ``ExportBiLSTM`` exports each
+layer as one bidirectional ``LSTM`` node with the trained weights (ONNX's gate order ``i, o, f,
+c`` against PyTorch's ``i, f, g, o``); in torch (tracing, tests) it computes the same function step
+by step, the backward direction on each row reversed within its length. Outputs at padding are 0,
+as ``pad_packed_sequence`` gives.
+
+**The character CNN** runs on ``structkd.serve.chars``' flat layout: one convolution over the
+characters of all distinct words of a batch, each word between zeros, then a max over each word's
+characters (gathered by ``char_index``, ``-inf`` past a word's end).
 """
 
 from __future__ import annotations
@@ -28,69 +34,138 @@ from structkd.serve.onnx import onnx_session
 
 __all__ = [
     "ExportBiLSTM",
-    "char_cnn_features",
+    "char_context",
     "check_against_torch",
     "check_destination",
     "export_directory",
-    "gather_positions",
+    "flat_char_features",
     "write_onnx",
 ]
 
+_ONNX_GATES = (0, 3, 1, 2)
+"""PyTorch's gate blocks (i, f, g, o) in ONNX's order (i, o, f, c)."""
 
-def gather_positions(values: Tensor, index: Tensor) -> Tensor:
+
+class _BidirectionalLSTM(torch.autograd.Function):
+    """One bidirectional LSTM layer over ``inputs [B, N, D]`` and ``lengths [B]`` with ONNX-layout
+    weights ``w [2, 4H, D]``, ``r [2, 4H, H]``, ``b [2, 8H]`` -> ``[B, N, 2H]`` (0 at padding);
+    exported as the ONNX ``LSTM`` node (``symbolic``)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, inputs: Tensor, lengths: Tensor, w: Tensor, r: Tensor, b: Tensor
+    ) -> Tensor:
+        positions = torch.arange(inputs.shape[1], device=inputs.device).unsqueeze(0)
+        ends = lengths.unsqueeze(1)
+        mask = positions < ends  # [B, N]
+        # reversal[b, i] = length_b - 1 - i inside a sentence, i beyond: its own inverse
+        reversal = torch.where(mask, ends - 1 - positions, positions)
+        forward_out = _lstm_steps(inputs, w[0], r[0], b[0])
+        backward_out = _lstm_steps(_gather_positions(inputs, reversal), w[1], r[1], b[1])
+        hidden = torch.cat([forward_out, _gather_positions(backward_out, reversal)], dim=-1)
+        return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+    @staticmethod
+    def symbolic(g: Any, inputs: Any, lengths: Any, w: Any, r: Any, b: Any) -> Any:
+        time_major = g.op("Transpose", inputs, perm_i=[1, 0, 2])  # [N, B, D]
+        sequence_lens = g.op("Cast", lengths, to_i=6)  # int32
+        hidden_size = w.type().sizes()[1] // 4
+        y, _, _ = g.op(
+            "LSTM",
+            time_major,
+            w,
+            r,
+            b,
+            sequence_lens,
+            direction_s="bidirectional",
+            hidden_size_i=hidden_size,
+            outputs=3,
+        )  # y: [N, 2, B, H], 0 past each sequence's end
+        y = g.op("Transpose", y, perm_i=[2, 0, 1, 3])  # [B, N, 2, H]
+        return g.op("Reshape", y, g.op("Constant", value_t=torch.tensor([0, 0, -1])))
+
+
+def _lstm_steps(inputs: Tensor, w: Tensor, r: Tensor, b: Tensor) -> Tensor:
+    """One direction, left to right over ``inputs [B, N, D]`` from zero states, ONNX gate order:
+    ``[i, o, f, c] = x_t w^T + h r^T + b``; ``C = sigmoid(f) C + sigmoid(i) tanh(c)``, ``h =
+    sigmoid(o) tanh(C)``; ``[B, N, H]``."""
+    hidden_size = r.shape[-1]
+    state = inputs.new_zeros(inputs.shape[0], hidden_size)
+    cell = state
+    bias = b[: 4 * hidden_size] + b[4 * hidden_size :]
+    projected = inputs @ w.T + bias  # [B, N, 4H]
+    outputs = []
+    for step in range(inputs.shape[1]):
+        gates = projected[:, step] + state @ r.T
+        i, o, f, c = gates.chunk(4, dim=-1)
+        cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(c)
+        state = torch.sigmoid(o) * torch.tanh(cell)
+        outputs.append(state)
+    return torch.stack(outputs, dim=1)
+
+
+def _gather_positions(values: Tensor, index: Tensor) -> Tensor:
     """``values[b, index[b, i], :]`` for ``values [B, N, D]`` and ``index [B, N]``."""
     return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
 class ExportBiLSTM(nn.Module):
     """``(inputs [B, N, D], lengths [B])`` -> ``[B, N, 2H]``: the batch-first bidirectional
-    ``lstm`` (copied: one one-direction ``nn.LSTM`` per layer and direction) as on a packed batch,
-    0 at padding (see the module docstring)."""
+    ``lstm`` as on a packed batch, 0 at padding; one ONNX ``LSTM`` node per layer (see the module
+    docstring). The weights are copied (float32) in ONNX's layout."""
 
     def __init__(self, lstm: nn.LSTM):
         super().__init__()
         if not (lstm.bidirectional and lstm.batch_first and lstm.bias) or lstm.proj_size:
             raise ValueError("ExportBiLSTM expects a batch-first bidirectional LSTM with biases")
-        self.forward_layers = nn.ModuleList()
-        self.backward_layers = nn.ModuleList()
-        for layer in range(lstm.num_layers):
-            width = lstm.input_size if layer == 0 else 2 * lstm.hidden_size
-            for suffix, layers in (("", self.forward_layers), ("_reverse", self.backward_layers)):
-                direction = nn.LSTM(width, lstm.hidden_size, batch_first=True)
-                with torch.no_grad():
-                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                        source = getattr(lstm, f"{name}_l{layer}{suffix}")
-                        getattr(direction, f"{name}_l0").copy_(source)
-                layers.append(direction)
+        size = lstm.hidden_size
+        order = torch.cat([torch.arange(k * size, (k + 1) * size) for k in _ONNX_GATES])
+        self.num_layers = lstm.num_layers
+        with torch.no_grad():
+            for layer in range(lstm.num_layers):
+                weights = {
+                    name: [
+                        getattr(lstm, f"{name}_l{layer}{suffix}").detach().float()[order]
+                        for suffix in ("", "_reverse")
+                    ]
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                }
+                both = zip(weights["bias_ih"], weights["bias_hh"], strict=True)
+                self.register_buffer(f"w{layer}", torch.stack(weights["weight_ih"]).clone())
+                self.register_buffer(f"r{layer}", torch.stack(weights["weight_hh"]).clone())
+                self.register_buffer(f"b{layer}", torch.stack([torch.cat(pair) for pair in both]))
 
     def forward(self, inputs: Tensor, lengths: Tensor) -> Tensor:
-        positions = torch.arange(inputs.shape[1], device=inputs.device).unsqueeze(0)
-        ends = lengths.unsqueeze(1)
-        mask = positions < ends  # [B, N]
-        # reversal[b, i] = length_b - 1 - i inside a sentence, i beyond: its own inverse
-        reversal = torch.where(mask, ends - 1 - positions, positions)
         hidden = inputs
-        for forward_layer, backward_layer in zip(
-            self.forward_layers, self.backward_layers, strict=True
-        ):
-            forward_out, _ = forward_layer(hidden)
-            backward_out, _ = backward_layer(gather_positions(hidden, reversal))
-            hidden = torch.cat([forward_out, gather_positions(backward_out, reversal)], dim=-1)
-            hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+        for layer in range(self.num_layers):
+            weights = (getattr(self, f"{name}{layer}") for name in "wrb")
+            hidden = _BidirectionalLSTM.apply(hidden, lengths, *weights)
         return hidden
 
 
-def char_cnn_features(embedding: nn.Embedding, conv: nn.Conv1d, char_ids: Tensor) -> Tensor:
-    """``[B, N, C]`` -> ``[B, N, filters]``: ``CharCNN`` (max over the convolved characters) on
-    every word at once; a word without characters (padding) gets 0."""
-    batch_size, seq_len, width = char_ids.shape
-    flat = char_ids.reshape(-1, width)  # [W, C]
-    real = flat != 0
-    convolved = conv(embedding(flat).transpose(1, 2))  # [W, F, C]
-    convolved = convolved.masked_fill(~real.unsqueeze(1), -torch.inf)
-    pooled = convolved.amax(-1)  # [W, F]
-    pooled = torch.where(real.any(-1, keepdim=True), pooled, torch.zeros_like(pooled))
-    return pooled.reshape(batch_size, seq_len, -1)
+def char_context(conv: nn.Conv1d) -> int:
+    """The zeros a word needs on each side in the flat layout: the convolution's padding, which
+    ``CharCNN`` sets to ``kernel // 2`` (``ValueError`` for any other convolution)."""
+    (kernel,), (padding,) = conv.kernel_size, conv.padding
+    if not isinstance(padding, int) or padding != kernel // 2 or conv.stride != (1,):
+        raise ValueError(
+            f"the character CNN must pad by kernel // 2 with stride 1; got kernel {kernel}, "
+            f"padding {conv.padding}, stride {conv.stride}"
+        )
+    return padding
+
+
+def flat_char_features(
+    embedding: nn.Embedding, conv: nn.Conv1d, chars: Tensor, char_index: Tensor
+) -> Tensor:
+    """``CharCNN`` on the flat layout (``structkd.serve.chars``): ``chars [T]`` (0 between
+    words), ``char_index [U, C]`` (``T``: no character) -> ``[U, filters]``, the max over each
+    word's convolved characters. The embedding of 0 is taken as 0 (``padding_idx``) whatever the
+    table holds."""
+    embedded = embedding(chars) * (chars != 0).unsqueeze(-1).to(embedding.weight.dtype)
+    convolved = conv(embedded.t().unsqueeze(0))[0].t()  # [T, F]
+    beyond = torch.full_like(convolved[:1], -torch.inf)
+    return nn.functional.embedding(char_index, torch.cat([convolved, beyond])).amax(1)
 
 
 def write_onnx(

@@ -1,7 +1,7 @@
 """The exported model directory: ``export.json`` names the task, the format and the files, so
 that ``structkd.load`` serves it without torch.
 
-    {"format_version": 1, "task": "ner", "format": "onnx", "files": {...},
+    {"format_version": 2, "task": "ner", "format": "onnx", "files": {...},
      "source": {"model_dir": ..., "sha256": ...}, ...task fields...}
 """
 
@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 EXPORT_FILE = "export.json"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
 EXPORT_FORMATS = ("onnx",)
 
 

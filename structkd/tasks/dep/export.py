@@ -5,10 +5,12 @@ with numpy and onnxruntime only (``structkd.tasks.dep.onnx_serving``).
 
 The exported directory holds:
 
-* ``model.onnx``: ``(word_ids [B, N], char_ids [B, N, C], upos_ids [B, N], lengths [B])`` int64
-  -> ``log_probs [B, N, L]`` float32, each word's log-softmax over the student's ``L`` labels,
-  with dynamic ``B``, ``N`` and ``C`` (inputs a model does not read, e.g. ``char_ids`` without a
-  character CNN, are left out of the graph: the manifest lists its ``inputs``);
+* ``model.onnx``: ``(word_ids [B, N], chars [T], char_index [U, C], word_chars [B, N], upos_ids
+  [B, N], lengths [B])`` int64 -> ``log_probs [B, N, L]`` float32, each word's log-softmax over
+  the student's ``L`` labels, with dynamic ``B``, ``N``, ``T``, ``U`` and ``C``; the characters
+  in the flat layout of ``structkd.serve.chars`` (the manifest's ``char_context`` zeros around
+  each word). Inputs a model does not read (the characters without a character CNN) are left
+  out of the graph: the manifest lists its ``inputs``;
 * ``vocab.json``: ``DepVocab.to_dict()`` (word, character and UPOS vocabularies, relations) and
   ``max_word_chars``: the indices ``DepCollator`` gives (``WordEncoder``);
 * ``scheme.json``: the label scheme (``DepLabelScheme.to_dict``), from which the predictor
@@ -20,19 +22,16 @@ The exported directory holds:
 Only the students export: a biaffine parser decodes trees with torch (Eisner, Chu-Liu-Edmonds,
 the matrix-tree theorem for its head probabilities); serve it with the torch backend.
 
-**The BiLSTM.** The student's encoder runs its BiLSTM on a packed sequence
-(``pack_padded_sequence``), which ONNX cannot express. ``LabelGraph`` computes the same function
-with plain operations: the forward direction runs on the padded batch (a step never reads later
-positions, so padding after a sentence cannot change its outputs); the backward direction runs
-the reverse-direction weights forward over each sentence reversed within its length
-(``x'[b, i] = x[b, length_b - 1 - i]`` for ``i < length_b``, a gather whose index is its own
-inverse), and its outputs are reversed back the same way; padded positions are set to 0, as
-``pad_packed_sequence`` does. Each direction of each layer is a unidirectional ``nn.LSTM`` holding
-the trained weights (one ONNX ``LSTM`` node). Dropout is the identity at inference.
+**The BiLSTM and the character CNN.** The student's encoder runs its BiLSTM on a packed sequence
+(``pack_padded_sequence``), which ONNX cannot express, and its character CNN on words padded to
+the longest. ``LabelGraph`` computes the same function with ``structkd.models.export``'s pieces:
+one bidirectional ONNX ``LSTM`` node per layer given the sentence lengths (``ExportBiLSTM``) and
+the character CNN on the flat layout (``flat_char_features``). Dropout is the identity at
+inference.
 
-**The exporter.** ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter): it maps
-``nn.LSTM`` to the ONNX ``LSTM`` operator with dynamic batch and sequence axes, where the
-``torch.export``-based one specializes the sequence length to the example's. Its deprecation
+**The exporter.** ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter): it keeps
+the batch, sequence and character axes dynamic, where the ``torch.export``-based one specializes
+the sequence length to the example's. Its deprecation
 warning is silenced; every export is checked against the torch student (below), so a change of
 behaviour in a later torch cannot go unnoticed.
 
@@ -59,12 +58,14 @@ from structkd.data.dep_batching import DepBatch, DepCollator
 from structkd.models.dep_tagger import SequenceLabelingParser
 from structkd.models.export import (
     ExportBiLSTM,
-    char_cnn_features,
+    char_context,
     check_against_torch,
     check_destination,
     export_directory,
+    flat_char_features,
     write_onnx,
 )
+from structkd.serve.chars import flat_chars_from_padded
 from structkd.serve.manifest import read_manifest, write_manifest
 from structkd.tasks.dep.model import TASK, load_dep_model
 
@@ -84,7 +85,7 @@ __all__ = [
 MODEL_FILE = "model.onnx"
 VOCAB_FILE = "vocab.json"
 SCHEME_FILE = "scheme.json"
-INPUTS = ("word_ids", "char_ids", "upos_ids", "lengths")
+INPUTS = ("word_ids", "chars", "char_index", "word_chars", "upos_ids", "lengths")
 OUTPUT = "log_probs"
 OPSET = 17
 EXPORT_TOLERANCE = 1e-4
@@ -97,9 +98,10 @@ _CHECK_SHAPES = ((1, 1, 1), (3, 6, 5), (8, 23, 12), (5, 40, 30))
 
 class LabelGraph(nn.Module):
     """Export-only copy of a student's label log-probabilities without packed sequences:
-    ``(word_ids [B, N], char_ids [B, N, C], upos_ids [B, N], lengths [B])`` ->
-    ``log_softmax(student(batch)) [B, N, L]``, equal at every real word (eval mode; see the module
-    docstring)."""
+    ``(word_ids [B, N], chars [T], char_index [U, C], word_chars [B, N], upos_ids [B, N],
+    lengths [B])`` -> ``log_softmax(student(batch)) [B, N, L]``, equal at every real word (eval
+    mode; see the module docstring); ``char_context``: the flat layout's zeros around a word (0
+    without a character CNN)."""
 
     def __init__(self, student: SequenceLabelingParser):
         super().__init__()
@@ -110,23 +112,28 @@ class LabelGraph(nn.Module):
         char_cnn = encoder.char_cnn
         self.char_embedding = None if char_cnn is None else char_cnn.embedding
         self.char_conv = None if char_cnn is None else char_cnn.conv
+        self.char_context = 0 if char_cnn is None else char_context(char_cnn.conv)
         self.upos_embedding = encoder.upos_embedding
         self.bilstm = ExportBiLSTM(encoder.lstm)
         self.hidden = student.hidden
         self.output = student.output
 
-    def character_features(self, char_ids: Tensor) -> Tensor:
-        """``[B, N, C]`` -> ``[B, N, filters]`` (``char_cnn_features``)."""
-        assert self.char_embedding is not None and self.char_conv is not None
-        return char_cnn_features(self.char_embedding, self.char_conv, char_ids)
-
     def forward(
-        self, word_ids: Tensor, char_ids: Tensor, upos_ids: Tensor, lengths: Tensor
+        self,
+        word_ids: Tensor,
+        chars: Tensor,
+        char_index: Tensor,
+        word_chars: Tensor,
+        upos_ids: Tensor,
+        lengths: Tensor,
     ) -> Tensor:
-        """``log_probs [B, N, L]`` (at padding: those of the output layer's bias)."""
+        """``log_probs [B, N, L]`` (at padding: what the layers make of the padding's features;
+        only real words are read)."""
         inputs = [self.word_embedding(word_ids)]
         if self.char_conv is not None:
-            inputs.append(self.character_features(char_ids))
+            assert self.char_embedding is not None
+            words = flat_char_features(self.char_embedding, self.char_conv, chars, char_index)
+            inputs.append(nn.functional.embedding(word_chars, words))
         if self.upos_embedding is not None:
             inputs.append(self.upos_embedding(upos_ids))
         hidden = self.bilstm(torch.cat(inputs, dim=-1), lengths)
@@ -138,11 +145,16 @@ class LabelGraph(nn.Module):
 
 
 def _random_batch(
-    rng: np.random.Generator, shape: tuple[int, int, int], sizes: tuple[int, int, int]
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    sizes: tuple[int, int, int],
+    context: int,
 ) -> dict[str, np.ndarray]:
     """A batch of random ids laid out as ``DepCollator`` lays out sentences: ``lengths`` (the
     first at the padded length), word and UPOS ids (``<unk>`` included; 0 at padding), and per
-    word 1..C characters; 0 beyond. ``sizes``: the word, character and UPOS vocabulary sizes."""
+    word 1..C characters, 0 beyond (``char_ids``); and the same characters in the flat layout with
+    ``context`` zeros around each word (``chars``, ``char_index``, ``word_chars``). ``sizes``:
+    the word, character and UPOS vocabulary sizes."""
     batch_size, seq_len, width = shape
     n_words, n_chars, n_upos = sizes
     lengths = rng.integers(1, seq_len + 1, size=batch_size)
@@ -159,6 +171,7 @@ def _random_batch(
         "char_ids": char_ids.astype(np.int64),
         "upos_ids": upos_ids.astype(np.int64),
         "lengths": lengths.astype(np.int64),
+        **flat_chars_from_padded(char_ids.astype(np.int64), lengths, context),
     }
 
 
@@ -177,14 +190,14 @@ def torch_log_probs(student: SequenceLabelingParser, arrays: dict[str, np.ndarra
         return torch.log_softmax(student(batch).float(), dim=-1).numpy()
 
 
-def _check_onnx(path: Path, student: SequenceLabelingParser) -> dict[str, Any]:
+def _check_onnx(path: Path, student: SequenceLabelingParser, context: int) -> dict[str, Any]:
     """Run ``path`` with onnxruntime on random batches and compare with ``student``; returns the
     check's summary (and the model's input names), ``RuntimeError`` beyond
     ``EXPORT_TOLERANCE``."""
     vocab = student.vocab
     sizes = (len(vocab.words), len(vocab.chars), len(vocab.upos))
     rng = np.random.default_rng(0)
-    batches = (_random_batch(rng, shape, sizes) for shape in _CHECK_SHAPES)
+    batches = (_random_batch(rng, shape, sizes, context) for shape in _CHECK_SHAPES)
     return check_against_torch(
         path,
         OUTPUT,
@@ -201,11 +214,13 @@ def _check_onnx(path: Path, student: SequenceLabelingParser) -> dict[str, Any]:
 
 
 def _write_onnx(graph: LabelGraph, path: Path) -> None:
-    example = _random_batch(np.random.default_rng(1), (2, 3, 4), (2, 2, 2))
+    example = _random_batch(np.random.default_rng(1), (2, 3, 4), (2, 2, 2), graph.char_context)
     arguments = tuple(torch.from_numpy(example[name]) for name in INPUTS)
     axes = {
         "word_ids": {0: "batch", 1: "words"},
-        "char_ids": {0: "batch", 1: "words", 2: "chars"},
+        "chars": {0: "characters"},
+        "char_index": {0: "distinct_words", 1: "word_characters"},
+        "word_chars": {0: "batch", 1: "words"},
         "upos_ids": {0: "batch", 1: "words"},
         "lengths": {0: "batch"},
         OUTPUT: {0: "batch", 1: "words"},
@@ -259,7 +274,7 @@ def export_onnx(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) 
         }
         _write_json(scratch / VOCAB_FILE, vocab_data)
         _write_json(scratch / SCHEME_FILE, scheme.to_dict())
-        check = _check_onnx(scratch / MODEL_FILE, student)
+        check = _check_onnx(scratch / MODEL_FILE, student, graph.char_context)
         inputs = check.pop("inputs")
         manifest = {
             "task": TASK,
@@ -272,6 +287,7 @@ def export_onnx(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) 
             "inputs": inputs,
             "output": OUTPUT,
             "opset": OPSET,
+            "char_context": graph.char_context,
             "source": {
                 "model_dir": os.fspath(Path(info.directory).resolve()),
                 "sha256": info.file_hash,

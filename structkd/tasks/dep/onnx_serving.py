@@ -25,6 +25,7 @@ import numpy as np
 
 from structkd.data.dep_encodings import DepLabelScheme, WordEncoder, WordLayout
 from structkd.data.vocab import Vocabulary
+from structkd.serve.chars import flat_chars_from_padded
 from structkd.serve.manifest import read_manifest
 from structkd.serve.onnx import onnx_session
 from structkd.serve.text import TokenizedSentence
@@ -100,6 +101,11 @@ class OnnxDepPredictor(DepPredictor):
 
         self.session = onnx_session(directory / files["model"], num_threads)
         self.inputs = [item.name for item in self.session.get_inputs()]
+        self.reads_chars = "chars" in self.inputs
+        context = manifest.get("char_context")
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            raise ValueError(f"{source}: char_context must be an integer >= 0; got {context!r}")
+        self.char_context = context
         self.output = manifest.get("output", "log_probs")
 
     def parse_batch(self, sentences: Sequence[TokenizedSentence]) -> list[DepParse]:
@@ -110,6 +116,10 @@ class OnnxDepPredictor(DepPredictor):
         )
         layout = WordLayout(np.array([len(sentence) for sentence in sentences], dtype=np.int64))
         arrays = layout.pad_words(encoded)
+        if self.reads_chars:
+            arrays.update(
+                flat_chars_from_padded(arrays["char_ids"], layout.lengths, self.char_context)
+            )
         (log_probs,) = self.session.run([self.output], {name: arrays[name] for name in self.inputs})
         tags = None
         if scheme.encoding == "pos":

@@ -5,9 +5,10 @@
 
 The exported directory holds:
 
-* ``model.onnx``: ``(word_ids [B, N] int64, char_ids [B, N, C] int64, lengths [B] int64)`` ->
-  ``emissions [B, N, L] float32``, the head's scores (CRF emissions or softmax logits), with
-  dynamic ``B``, ``N`` and ``C``;
+* ``model.onnx``: ``(word_ids [B, N], chars [T], char_index [U, C], word_chars [B, N],
+  lengths [B])`` int64 -> ``emissions [B, N, L] float32``, the head's scores (CRF emissions or
+  softmax logits), with dynamic ``B``, ``N``, ``T``, ``U`` and ``C``; the characters in the flat
+  layout of ``structkd.serve.chars`` (the manifest's ``char_context`` zeros around each word);
 * ``vocab.json``: the word and character indices of the tagger's ``TaggingVocab`` (words are
   looked up lowercased, anything unseen maps to ``<unk>``; characters as written, each word's
   first ``max_word_chars``), the BIOES label names and the entity types;
@@ -19,18 +20,14 @@ The exported directory holds:
 Only taggers without a transformer and with a CRF or softmax head (the students: GloVe or trained
 word vectors, character CNN, BiLSTM) can be exported.
 
-**The BiLSTM.** The tagger runs its BiLSTM on a packed sequence (``pack_padded_sequence``), which
-ONNX cannot express. ``EmissionGraph`` computes the same function with plain operations: the
-forward direction runs on the padded batch (a step never reads later positions, so padding after
-a sentence cannot change its outputs); the backward direction runs the reverse-direction weights
-forward over each sentence reversed within its length (``x'[b, i] = x[b, length_b - 1 - i]`` for
-``i < length_b``, a ``GatherElements`` whose index is its own inverse), and its outputs are
-reversed back the same way; padded positions are set to 0, as ``pad_packed_sequence`` does. Each
-direction is a unidirectional ``nn.LSTM`` holding the trained weights, exported as one ONNX
-``LSTM`` node.
+**The BiLSTM and the character CNN.** The tagger runs its BiLSTM on a packed sequence
+(``pack_padded_sequence``), which ONNX cannot express, and its character CNN on words padded to
+the longest. ``EmissionGraph`` computes the same function with ``structkd.models.export``'s
+pieces: one bidirectional ONNX ``LSTM`` node given the sentence lengths (``ExportBiLSTM``) and the
+character CNN on the distinct words of a batch in the flat layout (``flat_char_features``).
 
-**The exporter.** ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter): it maps
-``nn.LSTM`` to the ONNX ``LSTM`` operator with dynamic batch and sequence axes. The
+**The exporter.** ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter): it keeps the
+batch, sequence and character axes dynamic and exports ``ExportBiLSTM``'s ``symbolic``. The
 ``torch.export``-based exporter (``dynamo=True``) specializes the sequence length of an
 ``nn.LSTM`` to the example's (``torch.export`` reports the constraint violation; the ONNX exporter
 then falls back to a graph whose shapes are fixed to the example), and it takes about 10 times
@@ -59,14 +56,16 @@ import structkd
 from structkd.data.batching import TaggingBatch, TaggingCollator
 from structkd.models.export import (
     ExportBiLSTM,
-    char_cnn_features,
+    char_context,
     check_against_torch,
     check_destination,
     export_directory,
+    flat_char_features,
     write_onnx,
 )
 from structkd.models.heads import CRFHead, SoftmaxHead
 from structkd.models.tagger import Tagger
+from structkd.serve.chars import flat_chars_from_padded
 from structkd.serve.manifest import read_manifest, write_manifest
 from structkd.tasks.ner.model import ModelInfo, load_tagger
 
@@ -87,7 +86,7 @@ __all__ = [
 MODEL_FILE = "model.onnx"
 VOCAB_FILE = "vocab.json"
 CRF_FILE = "crf.npz"
-INPUTS = ("word_ids", "char_ids", "lengths")
+INPUTS = ("word_ids", "chars", "char_index", "word_chars", "lengths")
 EMISSIONS = "emissions"
 OPSET = 17
 EXPORT_TOLERANCE = 1e-4
@@ -95,7 +94,7 @@ EXPORT_TOLERANCE = 1e-4
 accepts."""
 VOCAB_FORMAT = 1
 # (batch size, padded length, characters per word) of the batches an export is checked on
-_CHECK_SHAPES = ((1, 1, 1), (3, 6, 5), (8, 23, 12))
+_CHECK_SHAPES = ((1, 1, 1), (3, 6, 5), (8, 23, 12), (5, 40, 30))
 
 
 def check_exportable(info: ModelInfo) -> None:
@@ -117,9 +116,11 @@ def check_exportable(info: ModelInfo) -> None:
 
 
 class EmissionGraph(nn.Module):
-    """Export-only copy of a tagger's emission scores without packed sequences:
-    ``(word_ids [B, N], char_ids [B, N, C], lengths [B])`` -> ``emissions [B, N, L]``, equal to
-    ``tagger.scores(batch)`` (eval mode) at every real token (see the module docstring).
+    """Export-only copy of a tagger's emission scores without packed sequences: ``(word_ids
+    [B, N], chars [T], char_index [U, C], word_chars [B, N], lengths [B])`` -> ``emissions
+    [B, N, L]``, equal to ``tagger.scores(batch)`` (eval mode) at every real token (see the
+    module docstring); ``char_context``: the flat layout's zeros around a word (0 without a
+    character CNN).""
 
     ``word_vectors [n_words, D]`` merges ``WordEmbedding``'s frozen and trained rows
     (``frozen_vectors[w] + trainable.weight[trainable_row[w]]``, one of the two 0).
@@ -141,19 +142,25 @@ class EmissionGraph(nn.Module):
         char_cnn = encoder.char_cnn
         self.char_embedding = None if char_cnn is None else char_cnn.embedding
         self.char_conv = None if char_cnn is None else char_cnn.conv
+        self.char_context = 0 if char_cnn is None else char_context(char_cnn.conv)
         self.bilstm = ExportBiLSTM(encoder.lstm)
         self.projection = tagger.head.projection
 
-    def character_features(self, char_ids: Tensor) -> Tensor:
-        """``[B, N, C]`` -> ``[B, N, filters]`` (``char_cnn_features``)."""
-        assert self.char_embedding is not None and self.char_conv is not None
-        return char_cnn_features(self.char_embedding, self.char_conv, char_ids)
-
-    def forward(self, word_ids: Tensor, char_ids: Tensor, lengths: Tensor) -> Tensor:
-        """``emissions [B, N, L]`` (at padding: the projection's bias, as the tagger's)."""
+    def forward(
+        self,
+        word_ids: Tensor,
+        chars: Tensor,
+        char_index: Tensor,
+        word_chars: Tensor,
+        lengths: Tensor,
+    ) -> Tensor:
+        """``emissions [B, N, L]`` (at padding: what the projection makes of the padding's
+        features; only real tokens are read)."""
         inputs = [nn.functional.embedding(word_ids, self.word_vectors)]
         if self.char_conv is not None:
-            inputs.append(self.character_features(char_ids))
+            assert self.char_embedding is not None
+            words = flat_char_features(self.char_embedding, self.char_conv, chars, char_index)
+            inputs.append(nn.functional.embedding(word_chars, words))
         hidden = self.bilstm(torch.cat(inputs, dim=-1), lengths)
         return self.projection(hidden)
 
@@ -163,11 +170,16 @@ class EmissionGraph(nn.Module):
 
 
 def _random_batch(
-    rng: np.random.Generator, shape: tuple[int, int, int], n_words: int, n_chars: int
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    n_words: int,
+    n_chars: int,
+    context: int,
 ) -> dict[str, np.ndarray]:
     """A batch of random ids laid out as ``TaggingCollator`` lays out sentences: ``lengths``
     (the first at the padded length), word ids (``<unk>`` included), and per word 1..C
-    characters; 0 beyond."""
+    characters, 0 beyond (``char_ids``); and the same characters in the flat layout with
+    ``context`` zeros around each word (``chars``, ``char_index``, ``word_chars``)."""
     batch_size, seq_len, width = shape
     lengths = rng.integers(1, seq_len + 1, size=batch_size)
     lengths[0] = seq_len
@@ -181,6 +193,7 @@ def _random_batch(
         "word_ids": word_ids.astype(np.int64),
         "char_ids": char_ids.astype(np.int64),
         "lengths": lengths.astype(np.int64),
+        **flat_chars_from_padded(char_ids.astype(np.int64), lengths, context),
     }
 
 
@@ -196,14 +209,15 @@ def torch_emissions(tagger: Tagger, arrays: dict[str, np.ndarray]) -> np.ndarray
         return tagger.scores(batch).float().numpy()
 
 
-def _check_onnx(path: Path, tagger: Tagger) -> dict[str, Any]:
+def _check_onnx(path: Path, tagger: Tagger, context: int) -> dict[str, Any]:
     """Run ``path`` with onnxruntime on random batches and compare with ``tagger``; returns the
     check's summary (and the model's input names), ``RuntimeError`` beyond
     ``EXPORT_TOLERANCE``."""
     vocab = tagger.vocab
     rng = np.random.default_rng(0)
     batches = (
-        _random_batch(rng, shape, len(vocab.words), len(vocab.chars)) for shape in _CHECK_SHAPES
+        _random_batch(rng, shape, len(vocab.words), len(vocab.chars), context)
+        for shape in _CHECK_SHAPES
     )
     return check_against_torch(
         path,
@@ -221,11 +235,13 @@ def _check_onnx(path: Path, tagger: Tagger) -> dict[str, Any]:
 
 
 def _write_onnx(graph: EmissionGraph, path: Path) -> None:
-    example = _random_batch(np.random.default_rng(1), (2, 3, 4), 2, 2)
+    example = _random_batch(np.random.default_rng(1), (2, 3, 4), 2, 2, graph.char_context)
     arguments = tuple(torch.from_numpy(example[name]) for name in INPUTS)
     axes = {
         "word_ids": {0: "batch", 1: "words"},
-        "char_ids": {0: "batch", 1: "words", 2: "chars"},
+        "chars": {0: "characters"},
+        "char_index": {0: "distinct_words", 1: "word_characters"},
+        "word_chars": {0: "batch", 1: "words"},
         "lengths": {0: "batch"},
         EMISSIONS: {0: "batch", 1: "words"},
     }
@@ -293,7 +309,7 @@ def export_onnx(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) 
         if isinstance(tagger.head, CRFHead):
             _write_crf(tagger.head, scratch / CRF_FILE)
             files["crf"] = CRF_FILE
-        check = _check_onnx(scratch / MODEL_FILE, tagger)
+        check = _check_onnx(scratch / MODEL_FILE, tagger, graph.char_context)
         inputs = check.pop("inputs")
         manifest = {
             "task": info.task,
@@ -306,6 +322,7 @@ def export_onnx(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) 
             "inputs": inputs,
             "output": EMISSIONS,
             "opset": OPSET,
+            "char_context": graph.char_context,
             "source": {
                 "model_dir": os.fspath(Path(info.directory).resolve()),
                 "sha256": info.file_hash,

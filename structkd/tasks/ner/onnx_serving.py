@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from structkd.serve import chain
+from structkd.serve.chars import flat_chars
 from structkd.serve.manifest import read_manifest
 from structkd.serve.onnx import onnx_session
 from structkd.serve.text import TokenizedSentence
@@ -46,6 +47,7 @@ __all__ = [
 
 _HEADS = ("crf", "softmax")
 _VOCAB_FORMAT = 1
+_INPUTS = ("word_ids", "chars", "char_index", "word_chars", "lengths")
 _CACHE_SIZE = 1 << 16  # tokens (and unseen characters) whose ids are cached
 _CRF_ARRAYS = {
     "transitions": 2,
@@ -139,17 +141,59 @@ class ExportedVocab:
         self, sentences: Sequence[Sequence[str]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(word_ids [B, N], char_ids [B, N, C], lengths [B])`` int64 of ``B`` non-empty token
-        lists (``N``: the longest sentence, ``C``: the longest kept word).
+        lists (``N``: the longest sentence, ``C``: the longest kept word): the padded layout the
+        tagger reads.
 
         All tokens of the batch at once: word ids by a dictionary lookup per token (cached per
         token string), char ids by one ``str.translate`` of the joined tokens (each character
         to the character whose code point is its id), both scattered into the padded arrays
         in row-major order."""
-        lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))
-        if len(sentences) == 0 or lengths.min() < 1:
-            raise ValueError("encode needs at least one sentence, and no empty sentence")
-        tokens = list(itertools.chain.from_iterable(sentences))
+        lengths, tokens = _batch_tokens(sentences)
+        word_ids, inside = self._word_ids(tokens, lengths)
+        codes, char_counts = self._char_codes_of(tokens)
+        counts = np.zeros(inside.shape, dtype=np.int64)
+        counts[inside] = char_counts
+        char_ids = np.zeros((*inside.shape, int(char_counts.max())), dtype=np.int64)
+        char_ids[np.arange(char_ids.shape[2]) < counts[..., None]] = codes
+        return word_ids, char_ids, lengths
+
+    def encode_flat(
+        self, sentences: Sequence[Sequence[str]], context: int
+    ) -> dict[str, np.ndarray]:
+        """The exported model's inputs for ``B`` non-empty token lists: ``word_ids [B, N]``,
+        ``lengths [B]`` and the characters of the batch's distinct tokens in the flat layout
+        (``structkd.serve.chars``, ``context`` zeros around each): ``chars [T]``, ``char_index
+        [U, C]``, and ``word_chars [B, N]``, each token's distinct word (0 at padding). A token
+        that repeats in the batch is convolved once."""
+        lengths, tokens = _batch_tokens(sentences)
+        word_ids, inside = self._word_ids(tokens, lengths)
+        distinct: dict[str, int] = {}
+        rows = np.fromiter(
+            (distinct.setdefault(token, len(distinct)) for token in tokens), np.int64, len(tokens)
+        )
+        codes, char_counts = self._char_codes_of(list(distinct))
+        chars, char_index = flat_chars(codes, char_counts, context)
+        word_chars = np.zeros(inside.shape, dtype=np.int64)
+        word_chars[inside] = rows
+        return {
+            "word_ids": word_ids,
+            "chars": chars,
+            "char_index": char_index,
+            "word_chars": word_chars,
+            "lengths": lengths,
+        }
+
+    def _word_ids(self, tokens: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(word_ids [B, N], inside [B, N])``: each token's word id, 0 at padding."""
         flat_words = np.fromiter(map(self._token_ids.__getitem__, tokens), np.int64, len(tokens))
+        inside = np.arange(lengths.max()) < lengths[:, None]  # [B, N]
+        word_ids = np.zeros(inside.shape, dtype=np.int64)
+        word_ids[inside] = flat_words  # row-major order: the tokens in order
+        return word_ids, inside
+
+    def _char_codes_of(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes [sum of counts], counts [len(tokens)])``: the character ids of each token's
+        first ``max_word_chars`` characters, token after token."""
         char_counts = np.fromiter(map(len, tokens), np.int64, len(tokens))
         limit = self.max_word_chars
         if limit is not None and char_counts.max() > limit:
@@ -158,15 +202,16 @@ class ExportedVocab:
         if char_counts.min() < 1:
             raise ValueError("a token must hold at least one character")
         codes = "".join(tokens).translate(self._char_codes)
-        flat_chars = np.frombuffer(codes.encode("utf-32-le", "surrogatepass"), np.uint32)
-        inside = np.arange(lengths.max()) < lengths[:, None]  # [B, N]
-        word_ids = np.zeros(inside.shape, dtype=np.int64)
-        word_ids[inside] = flat_words  # row-major order: the tokens in order
-        counts = np.zeros(inside.shape, dtype=np.int64)
-        counts[inside] = char_counts
-        char_ids = np.zeros((*inside.shape, int(char_counts.max())), dtype=np.int64)
-        char_ids[np.arange(char_ids.shape[2]) < counts[..., None]] = flat_chars
-        return word_ids, char_ids, lengths
+        values = np.frombuffer(codes.encode("utf-32-le", "surrogatepass"), np.uint32)
+        return values.astype(np.int64), char_counts
+
+
+def _batch_tokens(sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, list[str]]:
+    """``(lengths [B], the tokens in order)``; ``ValueError`` for no or an empty sentence."""
+    lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))
+    if len(sentences) == 0 or lengths.min() < 1:
+        raise ValueError("encode needs at least one sentence, and no empty sentence")
+    return lengths, list(itertools.chain.from_iterable(sentences))
 
 
 class _TokenIds(dict):
@@ -338,7 +383,7 @@ class OnnxNerPredictor(NerPredictor):
         num_threads: int | None = None,
         device: str = "cpu",
         scheme: str = "bioes",
-        onnx_chunk: int = 16,
+        onnx_chunk: int = 32,
     ):
         super().__init__(model_dir, scheme=scheme, batch_size=batch_size, num_threads=num_threads)
         if isinstance(onnx_chunk, bool) or not isinstance(onnx_chunk, int) or onnx_chunk < 1:
@@ -371,10 +416,14 @@ class OnnxNerPredictor(NerPredictor):
             raise ValueError(f"{where}: its labels differ from those of {files['vocab']}")
         self.labels, self.types = self.vocab.labels, self.vocab.types
         self.crf = _read_crf(directory / files["crf"], len(self.labels)) if head == "crf" else None
+        context = manifest.get("char_context")
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            raise ValueError(f"{where}: char_context must be an integer >= 0; got {context!r}")
+        self.char_context = context
         self.session = onnx_session(directory / files["model"], num_threads)
         self.onnx_chunk = onnx_chunk
         self.input_names = [item.name for item in self.session.get_inputs()]
-        unknown = sorted(set(self.input_names) - {"word_ids", "char_ids", "lengths"})
+        unknown = sorted(set(self.input_names) - set(_INPUTS))
         if unknown:
             raise ValueError(f"{directory / files['model']}: unexpected model inputs {unknown}")
 
@@ -391,16 +440,15 @@ class OnnxNerPredictor(NerPredictor):
         emissions = np.zeros((len(sentences), int(lengths.max()), len(self.labels)))
         for begin in range(0, len(sentences), self.onnx_chunk):
             chunk = sentences[begin : begin + self.onnx_chunk]
-            word_ids, char_ids, chunk_lengths = self.vocab.encode([s.tokens for s in chunk])
-            arrays = {"word_ids": word_ids, "char_ids": char_ids, "lengths": chunk_lengths}
+            arrays = self.vocab.encode_flat([s.tokens for s in chunk], self.char_context)
             (scores,) = self.session.run(None, {name: arrays[name] for name in self.input_names})
-            expected = (*word_ids.shape, len(self.labels))
+            expected = (*arrays["word_ids"].shape, len(self.labels))
             if scores.shape != expected:
                 raise ValueError(
                     f"the model returned emissions of shape {list(scores.shape)}; expected "
                     f"{list(expected)}"
                 )
-            emissions[begin : begin + len(chunk), : word_ids.shape[1]] = scores
+            emissions[begin : begin + len(chunk), : scores.shape[1]] = scores
         return emissions, lengths
 
     def label_batch(self, sentences: Sequence[TokenizedSentence]) -> list[NerLabels]:

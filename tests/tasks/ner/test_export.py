@@ -176,6 +176,32 @@ def test_encoding_of_any_characters_equals_the_collators(models, monkeypatch) ->
         vocab.encode([["a"], []])
 
 
+@pytest.mark.parametrize("context", [0, 1, 3])
+def test_flat_encoding_holds_the_collators_characters_once_per_distinct_token(
+    models, context, monkeypatch
+) -> None:
+    _, out = models["trained-crf"]
+    vocab = OnnxNerPredictor(out).vocab
+    sentences = [*token_lists(12, seed=13), ["😀", "a\x00b", "x" * 70, "PARIS", "PARIS"]]
+    monkeypatch.setattr(onnx_serving, "_CACHE_SIZE", 5)
+    word_ids, char_ids, lengths = vocab.encode(sentences)
+    arrays = vocab.encode_flat(sentences, context)
+    np.testing.assert_array_equal(arrays["word_ids"], word_ids)
+    np.testing.assert_array_equal(arrays["lengths"], lengths)
+    inside = np.arange(word_ids.shape[1]) < lengths[:, None]
+    tokens = [token for sentence in sentences for token in sentence]
+    rows = arrays["word_chars"][inside]
+    assert len(arrays["char_index"]) == len(set(tokens)) == rows.max() + 1
+    assert [rows[tokens.index(token)] for token in tokens] == rows.tolist()  # one row a token
+    chars = np.append(arrays["chars"], 0)  # index T: no character
+    words = chars[arrays["char_index"][rows]]  # [tokens, C]
+    width = char_ids.shape[2]
+    assert words.shape[1] == width
+    np.testing.assert_array_equal(words, char_ids[inside])
+    total = int((char_ids[inside] != 0).sum(-1)[np.unique(rows, return_index=True)[1]].sum())
+    assert len(arrays["chars"]) == total + context * (len(set(tokens)) + 1)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_onnx_emissions_equal_the_torch_taggers(models, kind) -> None:
     model_dir, out = models[kind]
@@ -366,6 +392,13 @@ def test_a_bad_export_directory_gives_a_clear_error(models, tmp_path) -> None:
     (corrupt_crf / "crf.npz").write_bytes(b"nothing")
     with pytest.raises(ValueError, match=r"crf\.npz: cannot read the CRF parameters"):
         OnnxNerPredictor(corrupt_crf)
+    for name, change in (("old", {"format_version": 1}), ("context", {"char_context": -1})):
+        edited = broken(name)
+        manifest = json.loads((edited / EXPORT_FILE).read_text())
+        (edited / EXPORT_FILE).write_text(json.dumps({**manifest, **change}))
+        message = "export the model again" if name == "old" else "char_context must be"
+        with pytest.raises(ValueError, match=message):
+            OnnxNerPredictor(edited)
     with pytest.raises(ValueError, match="runs on the CPU"):
         OnnxNerPredictor(out, device="cuda")
     with pytest.raises(ValueError, match="scheme must be one of"):
