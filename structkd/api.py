@@ -174,11 +174,11 @@ def guess_input_format(path: str | os.PathLike[str]) -> str:
     """The format of an input file for ``input_format="auto"``: ``"conllu"`` for a ``*.conllu``
     file or one most of whose lines (blank and ``#`` lines aside) have 10 tab-separated columns
     and a word ID first; else ``"conll"`` or ``"tokens"`` by the rules of column files, which
-    never turn tags into words (``structkd.tasks.ner.data.guess_text_format``: a file most of
+    never turn tags into words (``structkd.data.formats.guess_text_format``: a file most of
     whose lines end with a tag is a column file, one where almost none does is tokenized text,
     anything between is refused). Raw text is never guessed: pass ``"raw"``."""
     from structkd.data.conll import DataError, read_text_lines
-    from structkd.tasks.ner.data import guess_text_format
+    from structkd.data.formats import guess_text_format
 
     if os.fspath(path).endswith(".conllu"):
         return "conllu"

@@ -22,7 +22,8 @@ from structkd.data.conll import (
     read_unlabeled,
 )
 from structkd.data.conllu_io import read_conllu
-from structkd.tasks.ner.data import guess_text_format, load_labeled, load_text
+from structkd.data.formats import guess_text_format
+from structkd.tasks.ner.data import load_labeled, load_text
 
 FUZZ = settings(
     max_examples=150,

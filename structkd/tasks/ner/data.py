@@ -1,9 +1,8 @@
 """NER data: labeled sources (a named data set or a CoNLL column file, any tag scheme) and
 text to tag or distill on (a data set, a CoNLL file or tokenized text, one sentence per line).
 
-Format guessing (``guess_text_format``) never turns tags into words: a file most of whose lines
-end with a tag is a column file (its malformed lines then stop with file and line), one where
-almost none does is tokenized text, and anything between is refused, naming ``--format``."""
+Formats are guessed by ``structkd.data.formats.guess_text_format``, which never turns tags into
+words."""
 
 from __future__ import annotations
 
@@ -25,25 +24,20 @@ from structkd.data.conll import (
     read_tokenized,
 )
 from structkd.data.datasets import dataset_names, is_dataset_name, load_dataset
+from structkd.data.formats import NOT_CONLLU, conllu_line, guess_text_format, is_tag
 from structkd.data.tag_schemes import (
     SCHEMES,
     detect_scheme,
     entity_types,
     find_scheme_violation,
-    split_tag,
 )
 
-__all__ = ["INPUT_SCHEMES", "DataSource", "guess_text_format", "load_labeled", "load_text"]
+__all__ = ["INPUT_SCHEMES", "DataSource", "load_labeled", "load_text"]
 
 INPUT_SCHEMES: tuple[str, ...] = ("auto", *SCHEMES)
 """The values of ``--scheme`` for labeled input: ``auto`` (detected; IOB1 warns) or a scheme."""
 
 _COLUMNS = re.compile(r"[ \t]+")
-_CONLLU_ID = re.compile(r"[0-9]+(?:[-.][0-9]+)?")
-_NOT_CONLLU = (
-    "this looks like CoNLL-U (10 tab-separated columns, a word ID first): a dependency treebank, "
-    "which a NER model does not read"
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,9 +129,9 @@ def load_labeled(
         try:
             sentences = read_conll(spec, scheme=scheme)  # checked line by line
         except DataError as error:
-            if _conllu_line(read_text_lines(spec)) is None:
+            if conllu_line(read_text_lines(spec)) is None:
                 raise
-            raise DataError(spec, error.line, f"{error.problem}; {_NOT_CONLLU}") from None
+            raise DataError(spec, error.line, f"{error.problem}; {NOT_CONLLU}") from None
     else:
         raise _missing(spec, role)
     unlabeled = sum(sentence.tags is None for sentence in sentences)
@@ -153,89 +147,6 @@ def load_labeled(
                     f"{role} data {spec!r}, sentence {index + 1}: {violation[1]} [scheme {scheme}]"
                 )
     return DataSource(spec, sentences, scheme).head(max_sentences)
-
-
-def _is_tag(text: str) -> bool:
-    try:
-        split_tag(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _conllu_line(lines: list[str]) -> int | None:
-    """The first word line of a file that looks like CoNLL-U (at least half of its lines, not
-    counting blank and ``#`` lines, have 10 tab-separated columns and a word ID first)."""
-    rows = [
-        (number, line.rstrip("\r").split("\t"))
-        for number, line in enumerate(lines, start=1)
-        if line.strip() and not line.startswith("#")
-    ]
-    hits = [
-        number
-        for number, columns in rows
-        if len(columns) == 10 and _CONLLU_ID.fullmatch(columns[0])
-    ]
-    return hits[0] if hits and 2 * len(hits) >= len(rows) else None
-
-
-def guess_text_format(path: str | os.PathLike[str]) -> str:
-    """``"conll"`` or ``"tokens"`` for a file of sentences; never a guess that turns tags into
-    words or words into tags.
-
-    A line *ends with a tag* when it has at least two columns and its last one is a tag (``O``,
-    ``B-PER``). The file is CoNLL when it has ``-DOCSTART-`` lines, or when at least half of its
-    lines end with a tag (the reader then stops at a malformed line, with its file and line); it
-    is also CoNLL when every line is one word and blank lines separate groups of them (a column
-    file without tags). It is tokenized text (one sentence per line) when no line, or at most one
-    line in ten, ends with a tag. Anything else is ambiguous: ``DataError`` naming ``--format``;
-    so is a file that looks like CoNLL-U (a treebank). Raises ``DataError`` (file and line) for an
-    empty or non-UTF-8 file.
-    """
-    lines = read_text_lines(path)
-    conllu = _conllu_line(lines)
-    if conllu is not None:
-        raise DataError(path, conllu, f"{_NOT_CONLLU}; pass --format to read it anyway")
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        content = line.strip(" \t\r")
-        if content:
-            rows.append((number, _COLUMNS.split(content)))
-    if not rows:
-        return "tokens"  # the reader names the problem (no sentences)
-    if any(fields[0] == DOCSTART for _, fields in rows):
-        return "conll"
-    ends = {number: len(fields) >= 2 and _is_tag(fields[-1]) for number, fields in rows}
-    tagged = [number for number, _ in rows if ends[number]]
-    untagged = [number for number, _ in rows if not ends[number]]
-    first, last = rows[0][0], rows[-1][0]
-    breaks = any(not lines[number - 1].strip(" \t\r") for number in range(first, last + 1))
-    widths = {len(fields) for _, fields in rows}
-    if not tagged:
-        if widths == {1} and breaks:
-            return "conll"  # one word per line, sentences between blank lines: no tags
-        if len(widths) == 1 and breaks and len(rows) > 1:
-            raise DataError(
-                path,
-                first,
-                f"every line has {widths.pop()} columns and blank lines separate them, but no "
-                "line ends with a tag: cannot tell a column file without tags from tokenized "
-                "text in paragraphs; pass --format conll (the first column is the word) or "
-                "--format tokens (one sentence per line)",
-            )
-        return "tokens"
-    if len(tagged) >= len(untagged):
-        return "conll"
-    if len(tagged) * 10 <= len(rows):
-        return "tokens"
-    raise DataError(
-        path,
-        tagged[0],
-        f"this line ends with a tag, as {len(tagged)} of the {len(rows)} lines do, but line "
-        f"{untagged[0]} and the others do not: cannot tell a CoNLL column file (word first, tag "
-        "last) from tokenized text (one sentence per line); pass --format conll or --format "
-        "tokens",
-    )
 
 
 def load_text(
@@ -298,7 +209,7 @@ def _read_conll_any(path: str, keep_tags: bool) -> list[Sentence]:
     if keep_tags:
         for line in read_text_lines(path):
             fields = _COLUMNS.split(line.strip(" \t\r"))
-            if len(fields) >= 2 and fields[0] != DOCSTART and _is_tag(fields[-1]):
+            if len(fields) >= 2 and fields[0] != DOCSTART and is_tag(fields[-1]):
                 with warnings.catch_warnings():  # text to tag: its gold tags are only copied
                     warnings.simplefilter("ignore", InferredIOB1Warning)
                     return read_conll(path, scheme="auto")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from structkd.data.conll import DataError, Sentence
-from structkd.tasks.ner.data import guess_text_format, load_labeled, load_text
+from structkd.data.formats import guess_text_format
+from structkd.tasks.ner.data import load_labeled, load_text
 from structkd.tasks.ner.training import labeled_part
 from tests.tasks.ner import write_conll, write_tokens
 
