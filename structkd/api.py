@@ -17,7 +17,6 @@ Importing this module is cheap (no torch, no Lightning).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,7 +43,6 @@ __all__ = [
 INPUT_FORMATS: tuple[str, ...] = ("auto", "raw", "tokens", "conll", "conllu")
 """What ``predict`` reads (``read_inputs``)."""
 
-_CONLLU_ID = re.compile(r"[0-9]+(?:[-.][0-9]+)?")
 
 
 def train(options: TrainOptions) -> dict[str, Any]:
@@ -178,17 +176,11 @@ def guess_input_format(path: str | os.PathLike[str]) -> str:
     whose lines end with a tag is a column file, one where almost none does is tokenized text,
     anything between is refused). Raw text is never guessed: pass ``"raw"``."""
     from structkd.data.conll import DataError, read_text_lines
-    from structkd.data.formats import guess_text_format
+    from structkd.data.formats import conllu_line, guess_text_format
 
     if os.fspath(path).endswith(".conllu"):
         return "conllu"
-    rows = [line for line in read_text_lines(path) if line.strip() and not line.startswith("#")]
-    conllu = [
-        line
-        for line in rows
-        if len(columns := line.rstrip("\r").split("\t")) == 10 and _CONLLU_ID.fullmatch(columns[0])
-    ]
-    if conllu and 2 * len(conllu) >= len(rows):
+    if conllu_line(read_text_lines(path)) is not None:
         return "conllu"
     try:
         return guess_text_format(path)
