@@ -26,6 +26,7 @@ from structkd.data.datasets import (
     module_data_file,
     register_dataset,
 )
+from structkd.data.documents import DocumentContext, document_fingerprint, same_document
 from structkd.data.tag_schemes import (
     SCHEMES,
     Span,
@@ -57,6 +58,7 @@ __all__ = [
     "SCHEMES",
     "UNK",
     "DataError",
+    "DocumentContext",
     "MissingDataPackageError",
     "Sentence",
     "Span",
@@ -67,6 +69,7 @@ __all__ = [
     "dataset_names",
     "detect_scheme",
     "distribution_data_file",
+    "document_fingerprint",
     "entity_types",
     "find_scheme_violation",
     "is_dataset_name",
@@ -80,6 +83,7 @@ __all__ = [
     "read_tokenized",
     "read_unlabeled",
     "register_dataset",
+    "same_document",
     "spans_to_tags",
     "split_labeled_fraction",
     "split_tag",

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from structkd.data.conll import Sentence
+from structkd.data.documents import DocumentContext
 from structkd.data.tag_schemes import (
     check_scheme,
     detect_scheme,
@@ -206,6 +207,14 @@ class SubwordTokenizer:
     from its core (so every word is pooled once, with context on both sides). A single word with
     more subwords than the budget keeps its first ``max_length - 2`` subwords.
 
+    *Document context* (``contexts`` and ``context_size`` of ``windows`` / ``encode``): each
+    sentence's words are extended by the whole words of its document just before and after it,
+    at most ``context_size`` subwords on each side (the words nearest the sentence first); the
+    windows are then laid out as above over the extended words, the cores covering the
+    sentence's words only, so the context words fill the room a window has left (half before,
+    half after, as for a long sentence) and are never pooled. Without context (``None`` or
+    ``context_size=0``) the windows are exactly the sentence's own.
+
     Args:
         tokenizer: a Hugging Face tokenizer (or anything with its call signature and
             ``cls_token_id``, ``sep_token_id``, ``pad_token_id``, ``unk_token_id``).
@@ -239,22 +248,71 @@ class SubwordTokenizer:
             self._cache[word] = pieces
         return pieces
 
-    def windows(self, sentences: Sequence[Sentence]) -> SubwordWindows:
-        """The windows of ``sentences`` (see the class docstring)."""
+    def context_pieces(
+        self, before: Sequence[str], after: Sequence[str], size: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """The subwords of the context words kept: of ``before`` (text order, nearest last) and
+        of ``after`` (nearest first), the whole words nearest the sentence whose subwords add up
+        to at most ``size`` on each side (a word that would pass it ends that side)."""
+        budget = self.max_length - 2
+        kept_before: list[list[int]] = []
+        room = size
+        for word in reversed(before):
+            pieces = self.word_pieces(word)[:budget]
+            if len(pieces) > room:
+                break
+            kept_before.append(pieces)
+            room -= len(pieces)
+        kept_before.reverse()
+        kept_after: list[list[int]] = []
+        room = size
+        for word in after:
+            pieces = self.word_pieces(word)[:budget]
+            if len(pieces) > room:
+                break
+            kept_after.append(pieces)
+            room -= len(pieces)
+        return kept_before, kept_after
+
+    def windows(
+        self,
+        sentences: Sequence[Sentence],
+        contexts: Sequence[tuple[Sequence[str], Sequence[str]]] | None = None,
+        context_size: int = 0,
+    ) -> SubwordWindows:
+        """The windows of ``sentences`` (see the class docstring). ``contexts``: for each sentence
+        the words of its document before it (text order) and after it, e.g. from
+        ``structkd.data.documents.DocumentContext.around``; ``context_size``: the most subwords of
+        context kept on each side."""
+        if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 0:
+            raise ValueError(f"context_size must be an integer >= 0; got {context_size!r}")
+        if contexts is not None and len(contexts) != len(sentences):
+            raise ValueError(
+                f"contexts must have one entry per sentence; got {len(contexts)} for "
+                f"{len(sentences)} sentences"
+            )
+        use_context = contexts is not None and context_size > 0
         budget = self.max_length - 2
         result = SubwordWindows([], [], [], [])
         for index, sentence in enumerate(sentences):
             pieces = [self.word_pieces(token)[:budget] for token in sentence.tokens]
+            offset = 0
+            if use_context:
+                before, after = self.context_pieces(*contexts[index], context_size)
+                offset = len(before)
+                pieces = before + pieces + after
             sizes = [len(word) for word in pieces]
             first: list[tuple[int, int]] = []
-            for core_start, core_end in _cores(sizes, budget):
+            for core_start, core_end in _cores(sizes[offset : offset + len(sentence)], budget):
+                core_start, core_end = core_start + offset, core_end + offset
                 left, right = _context(sizes, core_start, core_end, budget)
                 window, owner = [self.cls_id], [-1]
                 for word in range(left, right):
-                    if core_start <= word < core_end:
+                    pooled = core_start <= word < core_end
+                    if pooled:
                         first.append((len(result.windows), len(window)))
                     window.extend(pieces[word])
-                    owner.extend([word if core_start <= word < core_end else -1] * sizes[word])
+                    owner.extend([word - offset if pooled else -1] * sizes[word])
                 window.append(self.sep_id)
                 owner.append(-1)
                 result.windows.append(window)
@@ -263,16 +321,24 @@ class SubwordTokenizer:
             result.first.append(first)
         return result
 
-    def encode(self, sentences: Sequence[Sentence], max_len: int | None = None) -> SubwordInputs:
+    def encode(
+        self,
+        sentences: Sequence[Sentence],
+        max_len: int | None = None,
+        *,
+        contexts: Sequence[tuple[Sequence[str], Sequence[str]]] | None = None,
+        context_size: int = 0,
+    ) -> SubwordInputs:
         """Tensors of the windows of ``sentences`` ``[B]``, words padded to ``max_len`` ``N``
-        (default: the longest sentence); see ``SubwordInputs``."""
+        (default: the longest sentence), with document context when ``contexts`` and
+        ``context_size`` are given (see ``windows``); see ``SubwordInputs``."""
         lengths = [len(sentence) for sentence in sentences]
         if not lengths:
             raise ValueError("sentences must hold at least one sentence")
         max_len = max(lengths) if max_len is None else max_len
         if max_len < max(lengths):
             raise ValueError(f"max_len = {max_len} is shorter than a sentence ({max(lengths)})")
-        windows = self.windows(sentences)
+        windows = self.windows(sentences, contexts, context_size)
         width = max(len(window) for window in windows.windows)
         owners = [
             [-1 if word < 0 else sentence * max_len + word for word in owner]
@@ -468,6 +534,10 @@ class TaggingCollator:
             converted to the BIOES layout of ``vocab``.
         max_word_chars: characters kept per word for the character features (the first ones);
             ``None`` keeps all. Words are never dropped, only the characters of very long tokens.
+        context: with ``tokenizer``, the document context of the data set the sentence ids index
+            (``structkd.data.documents.DocumentContext``): each window then holds up to
+            ``context.size`` subwords of the sentence's document on each side (see
+            ``SubwordTokenizer``); ``None``: each sentence alone.
     """
 
     def __init__(
@@ -478,6 +548,7 @@ class TaggingCollator:
         *,
         tag_scheme: str = "auto",
         max_word_chars: int | None = 50,
+        context: DocumentContext | None = None,
     ):
         if not isinstance(vocab, TaggingVocab):
             raise ValueError(f"vocab must be a TaggingVocab; got {type(vocab).__name__}")
@@ -489,6 +560,15 @@ class TaggingCollator:
             raise ValueError(f"max_word_chars must be None or an int >= 1; got {max_word_chars!r}")
         if tokenizer is not None and not isinstance(tokenizer, SubwordTokenizer):
             tokenizer = SubwordTokenizer(tokenizer, max_length=512)
+        if context is not None:
+            if not isinstance(context, DocumentContext):
+                raise ValueError(f"context must be a DocumentContext; got {type(context).__name__}")
+            if tokenizer is None:
+                raise ValueError(
+                    "context needs a tokenizer: document context shapes the subword windows "
+                    "(cached features hold their context already)"
+                )
+        self.context = context
         self.vocab = vocab
         self.tokenizer = tokenizer
         self.features = features
@@ -530,8 +610,20 @@ class TaggingCollator:
         if self.features is not None:
             batch.word_features = self._word_features(sentence_ids, lengths, max_len)
         if self.tokenizer is not None:
-            self._add_subwords(batch, sentences, max_len)
+            self._add_subwords(batch, sentences, sentence_ids, max_len)
         return batch
+
+    def with_context(self, context: DocumentContext | None) -> TaggingCollator:
+        """A copy of this collator reading ``context`` (e.g. the documents of one call of a
+        predictor) instead of its own."""
+        return TaggingCollator(
+            self.vocab,
+            self.tokenizer,
+            self.features,
+            tag_scheme=self.tag_scheme,
+            max_word_chars=self.max_word_chars,
+            context=context,
+        )
 
     def _char_ids(self, sentences: Sequence[Sentence], max_len: int) -> Tensor:
         chars = self.vocab.chars
@@ -587,8 +679,23 @@ class TaggingCollator:
             out[index, : row.shape[0]] = row
         return out
 
-    def _add_subwords(self, batch: TaggingBatch, sentences: list[Sentence], max_len: int) -> None:
-        inputs = self.tokenizer.encode(sentences, max_len)
+    def _add_subwords(
+        self,
+        batch: TaggingBatch,
+        sentences: list[Sentence],
+        sentence_ids: list[int],
+        max_len: int,
+    ) -> None:
+        if self.context is None or self.context.size == 0:
+            inputs = self.tokenizer.encode(sentences, max_len)
+        else:
+            contexts = [
+                self.context.around(sentence_id, sentence)
+                for sentence_id, sentence in zip(sentence_ids, sentences, strict=True)
+            ]
+            inputs = self.tokenizer.encode(
+                sentences, max_len, contexts=contexts, context_size=self.context.size
+            )
         batch.subword_ids = inputs.subword_ids
         batch.subword_mask = inputs.subword_mask
         batch.subword_words = inputs.subword_words

@@ -3,11 +3,20 @@
 Format read: one token per line, the word in the first column and the tag in the last, columns
 separated by spaces or tabs, any number of columns between them (lines may differ in their count:
 only the first and the last matter, as in conlleval); a blank line ends a sentence; ``-DOCSTART-``
-lines are skipped. Column files have no comment lines: a token that begins with ``#`` (``#Paris``,
-``#``) is a word like any other. Files must be UTF-8 (a leading byte-order mark is ignored).
-Anything malformed raises ``DataError`` naming the file, the line and the problem. When the tag
-scheme is detected (``scheme="auto"``) and comes out IOB1 (an ``I-`` opens a span), the reader
-warns (``InferredIOB1Warning``): that is more often a mistake in IOB2 data than an IOB1 file.
+lines are skipped (they start a new document). Column files have no comment lines: a token that
+begins with ``#`` (``#Paris``, ``#``) is a word like any other. Files must be UTF-8 (a leading
+byte-order mark is ignored). Anything malformed raises ``DataError`` naming the file, the line and
+the problem. When the tag scheme is detected (``scheme="auto"``) and comes out IOB1 (an ``I-``
+opens a span), the reader warns (``InferredIOB1Warning``): that is more often a mistake in IOB2
+data than an IOB1 file.
+
+Documents: every sentence read from a file records ``document``, the 0-based index of its document
+in the file. In a column file a document is a run of sentences between ``-DOCSTART-`` lines (a file
+without them is one document, ``0``; ``-DOCSTART-`` lines with no sentence between them open no
+empty document); in tokenized text (one sentence per line) it is a run of lines between blank lines
+(a file without blank lines is one document). A transformer reading document context
+(``TaggerConfig.transformer_context``) sees only the sentences of the same document;
+``Sentence.document`` is ``None`` for sentences built in memory (no context).
 
 Pure Python (no torch): batching sentences into tensors lives in ``structkd.data.batching``.
 """
@@ -62,17 +71,26 @@ class Sentence:
 
     ``tokens`` ``[seq_len]`` words (at least one); ``tags`` ``[seq_len]`` tag strings, or ``None``
     for unlabeled text; ``source`` the file it came from and ``start_line`` the 1-based line of its
-    first token (both ``None`` for sentences built in memory).
+    first token (both ``None`` for sentences built in memory); ``document`` the 0-based index of
+    its document in that file (see the module docstring), ``None`` where no document is known.
+    Two sentences are in the same document when both have the same ``source`` and the same
+    ``document`` (not ``None``); ``structkd.data.documents`` reads the sentences around one.
     """
 
     tokens: list[str]
     tags: list[str] | None = None
     source: str | None = None
     start_line: int | None = None
+    document: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.tokens) == 0:
             raise ValueError("tokens must hold at least one token; got an empty sentence")
+        document = self.document
+        if document is not None and (
+            isinstance(document, bool) or not isinstance(document, int) or document < 0
+        ):
+            raise ValueError(f"document must be None or an integer >= 0; got {document!r}")
         if self.tags is not None and len(self.tags) != len(self.tokens):
             raise ValueError(
                 f"tags must have one tag per token; got {len(self.tags)} tags for "
@@ -151,7 +169,9 @@ def read_conll(
         docstart: a line whose first column is this is a document boundary and is skipped.
 
     Returns:
-        ``[n_sentences]`` ``Sentence`` records, in file order.
+        ``[n_sentences]`` ``Sentence`` records, in file order, each with its ``document`` (the
+        0-based index of its run of sentences between ``docstart`` lines; all ``0`` in a file
+        without them).
 
     Raises:
         DataError: naming the file and line: a line with fewer than two columns (one when
@@ -168,14 +188,17 @@ def read_conll(
     min_columns = 2 if labeled else 1
 
     blocks: list[tuple[list[int], list[str], list[str]]] = []  # (line numbers, tokens, tags)
+    documents: list[int] = []  # the document of each block
     line_numbers: list[int] = []
     tokens: list[str] = []
     tags: list[str] = []
+    document = 0
 
     def close_sentence() -> None:
         nonlocal line_numbers, tokens, tags
         if tokens:
             blocks.append((line_numbers, tokens, tags))
+            documents.append(document)
             line_numbers, tokens, tags = [], [], []
 
     for number, line in enumerate(lines, start=1):
@@ -188,6 +211,8 @@ def read_conll(
         fields = _COLUMN_SEPARATOR.split(content)
         if docstart is not None and fields[0] == docstart:
             close_sentence()
+            if documents and documents[-1] == document:  # a document with sentences ends
+                document += 1
             continue
         if len(fields) < min_columns:
             raise DataError(
@@ -213,11 +238,14 @@ def read_conll(
             "no sentences in the file (it holds only blank or -DOCSTART- lines)",
         )
     if not labeled:
-        return [Sentence(tokens, None, source, numbers[0]) for numbers, tokens, _ in blocks]
+        return [
+            Sentence(tokens, None, source, numbers[0], number)
+            for (numbers, tokens, _), number in zip(blocks, documents, strict=True)
+        ]
 
     file_scheme = detect_scheme(block[2] for block in blocks) if scheme == "auto" else scheme
     sentences = []
-    for numbers, tokens, tags in blocks:
+    for (numbers, tokens, tags), number in zip(blocks, documents, strict=True):
         violation = find_scheme_violation(tags, file_scheme)
         if violation is not None:
             index, reason = violation
@@ -225,7 +253,7 @@ def read_conll(
             raise DataError(path, numbers[index], f"{reason} [scheme {file_scheme}{detected}]")
         if target_scheme is not None and target_scheme != file_scheme:
             tags = convert_tags(tags, file_scheme, target_scheme)
-        sentences.append(Sentence(tokens, tags, source, numbers[0]))
+        sentences.append(Sentence(tokens, tags, source, numbers[0], number))
     if scheme == "auto" and file_scheme == "iob1":
         _warn_inferred_iob1(source, blocks)
     return sentences
@@ -255,17 +283,26 @@ def _warn_inferred_iob1(
 def read_tokenized(path: str | os.PathLike[str]) -> list[Sentence]:
     """Read unlabeled text: one sentence per line, tokens separated by spaces or tabs.
 
-    Blank lines are skipped; no line is a comment (a sentence may start with ``#``). Returns
+    Blank lines are skipped and separate documents (``Sentence.document``: the 0-based index of
+    the sentence's run of lines between blank lines; a file without blank lines is one document);
+    no line is a comment (a sentence may start with ``#``). Returns
     ``[n_sentences]`` sentences with ``tags=None``. Raises ``DataError`` (file and line) for an
     empty file, one with only blank lines, or bytes that are not UTF-8.
     """
     lines = read_text_lines(path)
     source = os.fspath(path)
-    sentences = []
+    sentences: list[Sentence] = []
+    document, after_blank = 0, False
     for number, line in enumerate(lines, start=1):
         content = line.strip(_LINE_EDGES)
-        if content:
-            sentences.append(Sentence(_COLUMN_SEPARATOR.split(content), None, source, number))
+        if not content:
+            after_blank = True
+            continue
+        if after_blank and sentences:
+            document += 1
+        after_blank = False
+        tokens = _COLUMN_SEPARATOR.split(content)
+        sentences.append(Sentence(tokens, None, source, number, document))
     if not sentences:
         raise DataError(
             path, max(1, len(lines)), "no sentences in the file (it holds only blank lines)"

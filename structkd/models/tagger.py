@@ -9,6 +9,8 @@ Named architectures (``ARCHITECTURES``; the sizes of a first feasibility run on 
   last 4 layers, first subword) + GloVe 50d (frozen) + character CNN (50 filters), BiLSTM 256 per
   direction, then a CRF (cases 1a, 2a), softmax (case 3) or biaffine span head (case 4).
 * ``teacher-crf-finetune`` / ``teacher-span-finetune``: the same with MiniLM fine-tuned.
+* ``teacher-crf-context``: ``teacher-crf`` whose MiniLM reads each sentence with document context,
+  64 subwords of its document on each side (FLERT; ``transformer_context``).
 * ``student-crf`` / ``student-softmax``: GloVe 50d (frozen) + character CNN (25 filters),
   BiLSTM 64 per direction, CRF (case 1a) or softmax (cases 2a, 4).
 * ``student-crf-unconstrained``: the CRF student without BIOES constraints (case 3: a softmax
@@ -59,6 +61,13 @@ class TaggerConfig:
         transformer_layers: how many last layers are averaged; transformer_pooling: ``"first"`` or
             ``"mean"`` subword; fine_tune: train the transformer (else frozen; its features may be
             precomputed and cached).
+        transformer_context: document context (FLERT, Schweter & Akbik 2020): the transformer
+            reads each sentence with up to this many subwords of the text of its document before
+            it and as many after it (whole words, never across a document boundary:
+            ``Sentence.document``; within the model's maximum length), and pools only the
+            sentence's own words. ``0``: each sentence alone. The collators of
+            ``structkd.tasks.ner.features.make_collator`` and the feature cache apply it; a
+            ``TaggingCollator`` built by hand needs ``context=DocumentContext(sentences, n)``.
         span_ffnn_dim, span_dropout: the biaffine head's start/end projections; max_span_width: the
             widest entity it can predict (tokens), ``None`` for no limit.
         crf_constraints: a CRF head forbids tag sequences that break BIOES (``False``: it
@@ -79,6 +88,7 @@ class TaggerConfig:
     transformer_layers: int = 4
     transformer_pooling: str = "first"
     fine_tune: bool = False
+    transformer_context: int = 0
     span_ffnn_dim: int = 150
     span_dropout: float = 0.2
     max_span_width: int | None = None
@@ -110,6 +120,13 @@ class TaggerConfig:
             )
         if self.fine_tune and self.transformer is None:
             raise ValueError("fine_tune=True needs a transformer (e.g. transformer='minilm')")
+        context = self.transformer_context
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            raise ValueError(f"transformer_context must be an integer >= 0; got {context!r}")
+        if context > 0 and self.transformer is None:
+            raise ValueError(
+                "transformer_context > 0 needs a transformer (e.g. transformer='minilm')"
+            )
         if self.max_span_width is not None:
             if self.head != "span":
                 raise ValueError("max_span_width applies to head='span' only")
@@ -156,6 +173,7 @@ ARCHITECTURES: dict[str, TaggerConfig] = {
     "teacher-span": _TEACHER.replace(head="span"),
     "teacher-crf-finetune": _TEACHER.replace(fine_tune=True),
     "teacher-span-finetune": _TEACHER.replace(head="span", fine_tune=True),
+    "teacher-crf-context": _TEACHER.replace(transformer_context=64),
     "student-crf": _STUDENT,
     "student-softmax": _STUDENT.replace(head="softmax"),
     "student-crf-unconstrained": _STUDENT.replace(crf_constraints=False),

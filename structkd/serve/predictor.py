@@ -117,7 +117,8 @@ class Predictor(ABC):
                     f"got {type(item).__name__}"
                 )
         flat = [sentence for _, sentences in documents for sentence in sentences]
-        results = self.label_sentences(flat)
+        document_of = [number for number, (_, s) in enumerate(documents) for _ in s]
+        results = self.label_sentences(flat, documents=document_of)
         out, position = [], 0
         for text, sentences in documents:
             document = Document(text=text, sentences=[])
@@ -130,8 +131,13 @@ class Predictor(ABC):
             out.append(document)
         return out
 
-    def label_sentences(self, sentences: Sequence[TokenizedSentence]) -> list[Any]:
-        """``label_batch`` over length-sorted batches of ``sentences``; results in input order."""
+    def label_sentences(
+        self, sentences: Sequence[TokenizedSentence], documents: Sequence[int] | None = None
+    ) -> list[Any]:
+        """``label_batch`` over length-sorted batches of ``sentences``; results in input order.
+        ``documents``: the input text (document) each sentence comes from, in order, for a model
+        that reads the sentences around each one (a NER tagger with document context overrides
+        this method); ignored here."""
         results: list[Any] = [None] * len(sentences)
         lengths = [len(sentence) for sentence in sentences]
         for indices in length_sorted_batches(lengths, self.batch_size):

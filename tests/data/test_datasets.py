@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -123,6 +124,19 @@ def test_conll03_counts(conll03: dict[str, list[Sentence]]) -> None:
     tokens = {split: sum(map(len, data)) for split, data in conll03.items()}
     assert sentences == {"train": 14041, "dev": 3250, "test": 3453}
     assert tokens == {"train": 203621, "dev": 51362, "test": 46435}
+
+
+@needs_conll03
+def test_conll03_documents(conll03: dict[str, list[Sentence]]) -> None:
+    """The -DOCSTART- lines give the 946 / 216 / 231 articles of CoNLL-2003; the demo's first
+    3,000 training sentences are 206 whole articles and the start of the 207th."""
+    for data in conll03.values():
+        numbers = [sentence.document for sentence in data]
+        assert numbers[0] == 0 and all(b - a in (0, 1) for a, b in itertools.pairwise(numbers))
+    counts = {split: data[-1].document + 1 for split, data in conll03.items()}
+    assert counts == {"train": 946, "dev": 216, "test": 231}
+    train = conll03["train"]
+    assert (train[2999].document, train[3000].document) == (206, 206)
 
 
 @needs_conll03

@@ -5,6 +5,7 @@ other exception ever escapes."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from structkd.data.conll import (
     DataError,
     InferredIOB1Warning,
     read_conll,
+    read_text_lines,
     read_tokenized,
     read_unlabeled,
 )
@@ -165,3 +167,43 @@ def test_random_conllu_files(tmp_path: Path, data: bytes) -> None:
 def test_conllu_files_with_bad_bytes(tmp_path: Path, data: bytes, at: int, bad: bytes) -> None:
     at = min(at, len(data))
     _read_or_refuse(CONLLU_READERS, tmp_path / "damaged.conllu", data[:at] + bad + data[at:])
+
+
+# ------------------------------------------------------------------------------- documents
+
+
+def _starts_a_document(line: str) -> bool:
+    content = line.strip(" \t\r")
+    return bool(content) and re.split(r"[ \t]+", content)[0] == "-DOCSTART-"
+
+
+@FUZZ
+@given(column_files())
+def test_documents_of_random_files(tmp_path: Path, data: bytes) -> None:
+    """Whatever a reader reads, each sentence's document is the number of earlier document
+    boundaries with a sentence before them: a ``-DOCSTART-`` line (column files) or a blank line
+    (tokenized text) between two sentences starts a new one; documents count from 0."""
+    path = tmp_path / "documents.conll"
+    path.write_bytes(data)
+    try:
+        lines = read_text_lines(path)
+    except DataError:
+        return
+    readers = {
+        "read_conll": (lambda: read_conll(path, labeled=False), _starts_a_document),
+        "read_tokenized": (lambda: read_tokenized(path), lambda line: not line.strip(" \t\r")),
+    }
+    for name, (read, is_boundary) in readers.items():
+        try:
+            sentences = read()
+        except DataError:
+            continue
+        expected, previous = [], None
+        for sentence in sentences:
+            if previous is None:
+                expected.append(0)
+            else:
+                between = lines[previous.start_line : sentence.start_line - 1]
+                expected.append(expected[-1] + any(map(is_boundary, between)))
+            previous = sentence
+        assert [s.document for s in sentences] == expected, (name, data)

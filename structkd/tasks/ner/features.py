@@ -1,5 +1,12 @@
 """Frozen transformer word features, computed once per (transformer, data) and cached
-(``structkd.train.store``), and the collator a tagger needs for a source of sentences."""
+(``structkd.train.store``), and the collator a tagger needs for a source of sentences.
+
+A tagger with document context (``TaggerConfig.transformer_context``) reads each sentence with the
+words of its document around it (``structkd.data.documents``): its cached features are keyed by the
+context size and the document structure of the source as well (features without context are never
+reused for context features, nor features of other document boundaries), and its on-the-fly
+collators (fine-tuned transformers, honest-speed evaluation, prediction) lay out the same windows.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from torch import Tensor
 
 from structkd.data.batching import TaggingCollator, length_sorted_batches
 from structkd.data.conll import Sentence
+from structkd.data.documents import DocumentContext, document_fingerprint
 from structkd.models.tagger import Tagger, TaggerConfig
 from structkd.train.store import RaggedArray, build_entry, progress_bar
 
@@ -79,7 +87,10 @@ def ensure_word_features(
 
     Computed in chunks of ``chunk_sentences`` sentences taken in order of length (so batches of
     ``batch_size`` inside a chunk have little padding) and written to the memory map chunk by
-    chunk: memory stays bounded by a chunk.
+    chunk: memory stays bounded by a chunk. With ``config.transformer_context``, each sentence is
+    read with the words of its document around it (its neighbours in ``sentences``); the key then
+    holds the context size and ``document_fingerprint(sentences)`` too (without context the key
+    is what it always was, so existing caches stay valid).
     """
     from structkd.models.transformer import (
         compute_word_features,
@@ -99,6 +110,10 @@ def ensure_word_features(
         "data": data_fingerprint,
         "n_sentences": len(sentences),
     }
+    context_size = config.transformer_context
+    if context_size > 0:
+        inputs["context"] = context_size
+        inputs["documents"] = document_fingerprint(sentences)
 
     def build(scratch: Path) -> dict:
         started = time.perf_counter()
@@ -111,11 +126,19 @@ def ensure_word_features(
         order = [
             index for batch in length_sorted_batches(lengths, chunk_sentences) for index in batch
         ]
+        document = DocumentContext(sentences, context_size) if context_size > 0 else None
         with progress_bar(len(sentences), "transformer features", progress) as bar:
             for start in range(0, len(order), chunk_sentences):
                 chunk = np.asarray(order[start : start + chunk_sentences], dtype=np.int64)
+                contexts = None
+                if document is not None:
+                    contexts = [document.around(int(index)) for index in chunk]
                 features = compute_word_features(
-                    encoder, [sentences[i] for i in chunk], batch_size=batch_size
+                    encoder,
+                    [sentences[i] for i in chunk],
+                    batch_size=batch_size,
+                    context_size=context_size,
+                    contexts=contexts,
                 )
                 width = max(row.shape[0] for row in features)
                 padded = np.zeros((len(chunk), width, encoder.hidden_size), dtype=np.float32)
@@ -146,7 +169,11 @@ def make_collator(
     """The ``TaggingCollator`` a tagger of ``tagger_config`` needs for ``sentences``: with cached
     frozen transformer features (built if missing; ``cached_features=False`` computes them on the
     fly instead, e.g. to time inference honestly), with subword windows for a fine-tuned
-    transformer (``tagger`` gives its tokenizer), or plain."""
+    transformer (``tagger`` gives its tokenizer), or plain. Subword windows of a tagger with
+    ``transformer_context`` read the document context of ``sentences`` (the sentence ids of the
+    batches index ``sentences``, whose neighbours in the list are taken as the text around them;
+    ``TaggingCollator.with_context`` swaps it for other text); with no ``sentences`` (a
+    predictor's collator) each sentence is read alone."""
     if tagger_config.transformer is None:
         return TaggingCollator(vocab)
     if needs_cached_features(tagger_config) and cached_features:
@@ -156,4 +183,7 @@ def make_collator(
         return TaggingCollator(vocab, features=features)
     if tagger is None:
         raise ValueError("a tagger is needed for its subword tokenizer")
-    return TaggingCollator(vocab, tokenizer=tagger.subword_tokenizer)
+    context = None
+    if tagger_config.transformer_context > 0 and len(sentences) > 0:
+        context = DocumentContext(sentences, tagger_config.transformer_context)
+    return TaggingCollator(vocab, tokenizer=tagger.subword_tokenizer, context=context)

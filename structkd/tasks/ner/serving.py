@@ -142,7 +142,8 @@ class TorchNerPredictor(NerPredictor):
 
     ``device``: where the tagger runs (``"cpu"``, ``"cuda"``, ...); ``num_threads``: torch's CPU
     threads (``torch.set_num_threads``; ``None`` leaves torch's setting). A transformer's word
-    features are computed on the fly (never read from a cache)."""
+    features are computed on the fly (never read from a cache); a tagger with document context
+    (``transformer_context``) reads the sentences of one input text as one document."""
 
     backend = "torch"
 
@@ -178,6 +179,9 @@ class TorchNerPredictor(NerPredictor):
             device=device,
             cached_features=False,
         )
+        # document context: the sentences of one input text are one document
+        # (``label_sentences``); a batch labeled alone reads each sentence alone
+        self.context_size = self.info.config.transformer_context
         self.tag_names = tuple(label_names(self.types, scheme))  # the tags written
         self.labels = tuple(self.info.vocab.labels)
         head = self.tagger.head
@@ -213,6 +217,35 @@ class TorchNerPredictor(NerPredictor):
                 types=vocab.types,
             )
 
+    def label_sentences(
+        self, sentences: Sequence[TokenizedSentence], documents: Sequence[int] | None = None
+    ) -> list[NerLabels]:
+        """``label_batch`` over length-sorted batches; a tagger with document context
+        (``transformer_context``) reads each sentence with the sentences of its document around
+        it (``documents``: the input text of each sentence; ``None``: each sentence alone)."""
+        if self.context_size == 0 or documents is None or not sentences:
+            return super().label_sentences(sentences)
+        from structkd.data.documents import DocumentContext
+        from structkd.serve.predictor import length_sorted_batches
+
+        if len(documents) != len(sentences):
+            raise ValueError(
+                f"documents must name one document per sentence; got {len(documents)} for "
+                f"{len(sentences)} sentences"
+            )
+        records = [
+            Sentence(list(s.tokens), document=int(d))
+            for s, d in zip(sentences, documents, strict=True)
+        ]
+        collator = self.collator.with_context(DocumentContext(records, self.context_size))
+        results: list[Any] = [None] * len(sentences)
+        lengths = [len(sentence) for sentence in sentences]
+        for indices in length_sorted_batches(lengths, self.batch_size):
+            batch = collator([(index, records[index]) for index in indices])
+            for index, result in zip(indices, self._label_tagging_batch(batch), strict=True):
+                results[index] = result
+        return results
+
     def label_batch(self, sentences: Sequence[TokenizedSentence]) -> list[NerLabels]:
         """``NerLabels`` of each sentence of one batch (one forward pass, batched decoding)."""
         if not sentences:
@@ -232,6 +265,12 @@ class TorchNerPredictor(NerPredictor):
         else:
             items = [(index, Sentence(list(s.tokens))) for index, s in enumerate(sentences)]
             batch = self.collator(items)
+        return self._label_tagging_batch(batch)
+
+    def _label_tagging_batch(self, batch: Any) -> list[NerLabels]:
+        """``NerLabels`` of each sentence of a collated ``TaggingBatch``."""
+        import torch
+
         batch = batch.to(self.device)
         with torch.inference_mode():
             scores = self.tagger.scores(batch)

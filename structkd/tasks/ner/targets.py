@@ -164,21 +164,23 @@ class TokenizedText(Sequence[Sentence]):
     skipped: what ``structkd.data.conll.read_tokenized`` reads) read from its file on demand.
 
     Opening reads the file once, keeping per sentence the byte offset and number of its line
-    (``[n]`` int64 each, 16 bytes a sentence) and hashing its tokens: ``fingerprint`` is the
-    ``DataSource.fingerprint`` of the same text, so a cache built from it is the cache that
-    ``distill --unlabeled FILE`` reads. ``text[i]`` and ``text[a:b]`` read those lines again;
-    sentences are never all held in memory (a list of a million CoNLL-2003 sentences holds about
-    1.2 GB). Pickles as its path and offsets. ``DataError`` (file and line) for an empty file, one
-    with only blank lines, or bytes that are not UTF-8; a file changed since it was opened is
-    also a ``DataError``.
+    (``[n]`` int64 each) and its document (``[n]`` int32: runs of lines between blank lines, as
+    ``read_tokenized`` numbers them; 20 bytes a sentence in all) and hashing its tokens:
+    ``fingerprint`` is the ``DataSource.fingerprint`` of the same text, so a cache built from it
+    is the cache that ``distill --unlabeled FILE`` reads. ``text[i]`` and ``text[a:b]`` read
+    those lines again; sentences are never all held in memory (a list of a million CoNLL-2003
+    sentences holds about 1.2 GB). Pickles as its path and offsets. ``DataError`` (file and
+    line) for an empty file, one with only blank lines, or bytes that are not UTF-8; a file
+    changed since it was opened is also a ``DataError``.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
         offsets = int_array("q")  # 8 bytes a sentence while reading (a list: 36)
         numbers = int_array("q")
+        documents = int_array("i")
         digest = hashlib.sha256()
-        position, number = 0, 0
+        position, number, document, after_blank = 0, 0, 0, False
         with open(self.path, "rb") as handle:
             for raw in handle:
                 number += 1
@@ -187,9 +189,15 @@ class TokenizedText(Sequence[Sentence]):
                 if number == 1 and raw.startswith(_BOM):
                     raw, start = raw[len(_BOM) :], start + len(_BOM)
                 tokens = self._tokens(raw, number)
-                if tokens:
+                if not tokens:
+                    after_blank = True
+                else:
+                    if after_blank and numbers:
+                        document += 1
+                    after_blank = False
                     offsets.append(start)
                     numbers.append(number)
+                    documents.append(document)
                     digest.update("\x1f".join(tokens).encode("utf-8"))
                     digest.update(b"\x1e")
         if position == 0:
@@ -202,6 +210,7 @@ class TokenizedText(Sequence[Sentence]):
         offsets.append(position)
         self.offsets = np.frombuffer(offsets, dtype=np.int64).copy()
         self.line_numbers = np.frombuffer(numbers, dtype=np.int64).copy()
+        self.documents = np.frombuffer(documents, dtype=np.int32).copy()
         self.fingerprint = digest.hexdigest()
 
     def _tokens(self, raw: bytes, number: int) -> list[str]:
@@ -252,6 +261,7 @@ class TokenizedText(Sequence[Sentence]):
             handle.seek(first)
             raw = handle.read(end - first)
         numbers = self.line_numbers[start:stop].tolist()
+        documents = self.documents[start:stop].tolist()
         sentences = []
         for offset, number in enumerate(numbers):
             if offset + 1 < len(numbers):
@@ -262,7 +272,7 @@ class TokenizedText(Sequence[Sentence]):
             tokens = self._tokens(raw[line_start:line_end].split(b"\n", 1)[0], number)
             if not tokens:
                 raise DataError(self.path, number, "the file changed since it was opened")
-            sentences.append(Sentence(tokens, None, self.path, number))
+            sentences.append(Sentence(tokens, None, self.path, number, documents[offset]))
         return sentences
 
 
@@ -385,6 +395,10 @@ def ensure_targets(
         "n_sentences": len(sentences),
         **spec.key_inputs(),
     }
+    if info.config.transformer_context > 0:  # the teacher reads each sentence's document too
+        from structkd.data.documents import document_fingerprint
+
+        inputs["documents"] = document_fingerprint(sentences)
     plan = plan or ShardPlan()
     builder = TeacherShards(
         os.fspath(Path(teacher_dir).resolve()),
