@@ -44,7 +44,6 @@ INPUT_FORMATS: tuple[str, ...] = ("auto", "raw", "tokens", "conll", "conllu")
 """What ``predict`` reads (``read_inputs``)."""
 
 
-
 def train(options: TrainOptions) -> dict[str, Any]:
     """Train a model on gold labels; model selection on the task's dev metric. Writes
     ``options.out`` and returns the metrics written to ``metrics.json`` (plus ``model_dir``)."""

@@ -18,7 +18,13 @@ from structkd.api import INPUT_FORMATS
 from structkd.data.tag_schemes import SCHEMES
 from structkd.distill.methods import DEFAULT_METHOD, METHOD_NAMES, TEMPERATURE_MODES
 from structkd.tasks import get_task, task_names
-from structkd.train.options import DEFAULT_KD_SCHEDULE, KD_SCHEDULES, DistillOptions, TrainOptions
+from structkd.train.options import (
+    DEFAULT_KD_SCHEDULE,
+    KD_SCHEDULES,
+    TEACHER_TARGETS,
+    DistillOptions,
+    TrainOptions,
+)
 
 __all__ = [
     "DEFAULT_TASK",
@@ -142,6 +148,16 @@ def add_training_arguments(parser: argparse.ArgumentParser, command: str) -> Non
     )
     parser.add_argument("--cache-dir", help="cache of teacher outputs and transformer features")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if command == "train":
+        parser.add_argument(
+            "--folds",
+            type=int,
+            metavar="K",
+            help="train K >= 2 fold teachers into --out instead of one model: fold teacher k on "
+            "the training sentences outside fold k (folds by sentence content, duplicates "
+            "together); the directory is one teacher, the mixture of the K, and its students "
+            "get out-of-fold targets on its training sentences (distill --teacher-targets)",
+        )
 
 
 def training_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,6 +186,7 @@ def training_fields(args: argparse.Namespace) -> dict[str, Any]:
         "num_threads": args.num_threads,
         "cache_dir": args.cache_dir,
         "progress": not args.no_progress,
+        "folds": getattr(args, "folds", None),
     }
 
 
@@ -228,7 +245,11 @@ def _check_model_task(model_dir: str, task: str | None) -> None:
             raise ValueError(f"{model_dir!r} holds a {found!r} model, not a {task!r} model")
         return
     from structkd.train.checkpoint import read_model
+    from structkd.train.folds import is_fold_directory, read_fold_model
 
+    if is_fold_directory(model_dir):  # fold teachers (train --folds)
+        read_fold_model(model_dir, task=task)
+        return
     read_model(model_dir, task=task)
 
 
@@ -343,6 +364,14 @@ def add_commands(
     distill_parser.add_argument("--unlabeled", help="unlabeled text (data set, CoNLL, tokens)")
     distill_parser.add_argument(
         "--labeled-fraction", type=float, help="keep the labels of only this fraction of --train"
+    )
+    distill_parser.add_argument(
+        "--teacher-targets",
+        choices=TEACHER_TARGETS,
+        help="with a fold teacher (train --folds K): out-of-fold (its default: each of its "
+        "training sentences gets the targets of the fold teacher that did not see it, other "
+        "text the mixture of the K) or in-fold (the mixture everywhere, what an ordinary "
+        "teacher gives)",
     )
 
     evaluate_parser = commands.add_parser(

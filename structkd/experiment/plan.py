@@ -33,6 +33,7 @@ from structkd.train.options import DEFAULT_KD_SCHEDULE
 
 __all__ = [
     "NOT_IN_RUN_ID",
+    "VARIANT_OPTIONS",
     "GridPoint",
     "Plan",
     "RunSpec",
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 NOT_IN_RUN_ID = frozenset({"progress", "num_threads"})
+VARIANT_OPTIONS: dict[str, Any] = {"kd_schedule": DEFAULT_KD_SCHEDULE, "teacher_targets": None}
+"""Student options that label a KD student's rows (with their defaults, which do not): two
+rows that differ in them are different table rows of a report."""
 """Options left out of the run id: progress bars, and CPU threads (they change the speed, not the
 model; the speed is measured again by every run)."""
 
@@ -201,9 +205,10 @@ def plan_experiment(config: ExperimentConfig) -> Plan:
 
     A student's row labels: ``task``, ``dataset``, ``experiment``, ``case``, ``teacher`` and
     ``student`` (architectures), ``method``, ``temperature``, ``temperature_mode`` (``None`` for
-    ``none``), ``labeled_fraction``, ``seed``, and ``kd_schedule`` when the student's KD weight
-    schedule is not the default. A teacher's: the same with ``method =
-    "teacher"``, ``student`` = the teacher's architecture, one set per case that uses it.
+    ``none``), ``labeled_fraction``, ``seed``, and each of ``VARIANT_OPTIONS`` (``kd_schedule``,
+    ``teacher_targets``) that a KD student sets to other than its default. A teacher's: the
+    same with ``method = "teacher"``, ``student`` = the teacher's architecture, one set per case
+    that uses it.
     """
     runs: dict[str, RunSpec] = {}
     rows: dict[str, dict[str, dict[str, Any]]] = {}
@@ -244,9 +249,12 @@ def plan_experiment(config: ExperimentConfig) -> Plan:
             "temperature_mode": point.temperature_mode,
             "seed": point.seed,
         }
-        schedule = student.options.get("kd_schedule", DEFAULT_KD_SCHEDULE)
-        if kd_method(point.method).uses_teacher and schedule != DEFAULT_KD_SCHEDULE:
-            labels["kd_schedule"] = schedule  # rows of the default schedule stay as they were
+        if kd_method(point.method).uses_teacher:
+            # rows of the default settings stay as they were
+            for name, default in VARIANT_OPTIONS.items():
+                value = student.options.get(name, default)
+                if value != default:
+                    labels[name] = value
         add(student, labels)
     return Plan(
         runs=tuple(runs.values()),

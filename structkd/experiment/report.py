@@ -82,8 +82,11 @@ GROUP_KEYS = (
     "temperature_mode",
     "labeled_fraction",
 )
-"""The fields that identify a table row; seeds are averaged within one. With ``kd_schedule``,
-which a row has only when its student's KD weight schedule is not the default ``linear``."""
+"""The fields that identify a table row; seeds are averaged within one. With ``VARIANT_KEYS``,
+which a row has only when its KD student's setting is not the default (``kd_schedule``: not
+``linear``; ``teacher_targets``: set)."""
+
+VARIANT_KEYS = ("kd_schedule", "teacher_targets")
 
 
 def method_title(name: str) -> str:
@@ -143,6 +146,17 @@ class Summary:
     labeled_fraction: float
     splits: Mapping[str, SplitSummary]
     kd_schedule: str | None = None
+    teacher_targets: str | None = None
+
+    @property
+    def variant(self) -> str | None:
+        """``reference λ``, ``out-of-fold targets``, both, or ``None`` for the defaults."""
+        parts = []
+        if self.kd_schedule is not None:
+            parts.append(f"{self.kd_schedule} λ")
+        if self.teacher_targets is not None:
+            parts.append(f"{self.teacher_targets} targets")
+        return ", ".join(parts) or None
 
     @property
     def setting(self) -> tuple[str, str, str, float]:
@@ -166,6 +180,8 @@ class Summary:
             parts.append(f"T={self.temperature:g} {self.temperature_mode}")
         if self.kd_schedule is not None:
             parts.append(f"{self.kd_schedule} KD weight")
+        if self.teacher_targets is not None:
+            parts.append(f"{self.teacher_targets} targets")
         return f"case {self.case} ({', '.join(parts)})"
 
 
@@ -188,6 +204,7 @@ def _sort_key(summary: Summary) -> tuple:
         summary.temperature or 0.0,
         summary.temperature_mode or "",
         summary.kd_schedule or "",
+        summary.teacher_targets or "",
     )
 
 
@@ -220,7 +237,7 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[Summary]:
         missing = [key for key in (*GROUP_KEYS, "split", "seed", *needed) if key not in row]
         if missing:
             raise ValueError(f"a results row lacks {missing}: {dict(row)}")
-        key = (*(row[name] for name in GROUP_KEYS), row.get("kd_schedule"))
+        key = (*(row[name] for name in GROUP_KEYS), *(row.get(name) for name in VARIANT_KEYS))
         groups[key][row["split"]].append(row)
     summaries = []
     for key, by_split in groups.items():
@@ -253,8 +270,8 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[Summary]:
                 scores=scores,
                 per_seed=per_seed,
             )
-        labels = dict(zip(GROUP_KEYS, key[:-1], strict=True))
-        summaries.append(Summary(**labels, splits=splits, kd_schedule=key[-1]))
+        labels = dict(zip((*GROUP_KEYS, *VARIANT_KEYS), key, strict=True))
+        summaries.append(Summary(**labels, splits=splits))
     return sorted(summaries, key=_sort_key)
 
 
@@ -282,7 +299,7 @@ def _paired_baseline(summaries: Sequence[Summary], summary: Summary, method: str
         return (
             candidate.temperature != summary.temperature,
             (candidate.temperature, candidate.temperature_mode) != here,
-            candidate.kd_schedule != summary.kd_schedule,
+            candidate.variant != summary.variant,
         )
 
     return min(candidates, key=distance, default=None)
@@ -533,7 +550,7 @@ def _temperature_text(summary: Summary) -> str:
     if summary.temperature is None:
         return "-"
     text = f"{summary.temperature:g} {summary.temperature_mode}"
-    return text if summary.kd_schedule is None else f"{text}, {summary.kd_schedule} λ"
+    return text if summary.variant is None else f"{text}, {summary.variant}"
 
 
 def _table(summaries: Sequence[Summary], task: Task) -> list[str]:
@@ -743,8 +760,8 @@ def _series_label(summary: Summary) -> str:
         summary.temperature != 1 or summary.temperature_mode != "global"
     ):
         label += f" (T={summary.temperature:g} {summary.temperature_mode})"
-    if summary.kd_schedule is not None:
-        label += f" [{summary.kd_schedule} λ]"
+    if summary.variant is not None:
+        label += f" [{summary.variant}]"
     return label
 
 

@@ -74,6 +74,9 @@ class Task(ABC):
     """The temperature modes of its structural KD."""
     learns_from_unlabeled: ClassVar[bool] = False
     """Whether a student can distill on unlabeled text (``--unlabeled``, ``--labeled-fraction``)."""
+    fold_teachers: ClassVar[bool] = False
+    """Whether ``train --folds K`` trains fold teachers of this task and its students distill
+    from them with out-of-fold targets (``structkd.train.folds``; the hook ``train_folds``)."""
     cases: ClassVar[Mapping[str, CaseSpec]] = {}
     """Built-in experiment cases (an experiment config may add its own)."""
     default_archs: ClassVar[Mapping[str, str]]
@@ -105,6 +108,10 @@ class Task(ABC):
             learns_from_unlabeled=self.learns_from_unlabeled,
             task_name=self.name,
         )
+        if options.teacher_targets == "out-of-fold" and not self.fold_teachers:
+            raise ValueError(
+                f"--teacher-targets out-of-fold: --task {self.name} has no fold teachers"
+            )
 
     # -- commands ---------------------------------------------------------------------------------
 
@@ -127,10 +134,18 @@ class Task(ABC):
 
     def train(self, options: Any) -> dict[str, Any]:
         """Train a model on gold labels (``TrainOptions``) with the engine's fit loop; returns
-        the metrics written to ``metrics.json`` (plus ``model_dir``)."""
+        the metrics written to ``metrics.json`` (plus ``model_dir``). With ``options.folds``:
+        ``train_folds``."""
         from structkd.train.fit import fit
 
+        if getattr(options, "folds", None) is not None:
+            return self.train_folds(options)
         return fit(self.prepare_train(options))
+
+    def train_folds(self, options: Any) -> dict[str, Any]:
+        """Train ``options.folds`` fold teachers into one directory (``structkd.train.folds``);
+        returns the metrics of the mixture. A task without ``fold_teachers`` refuses."""
+        raise ValueError(f"--task {self.name} cannot train fold teachers (--folds)")
 
     def distill(self, options: Any) -> dict[str, Any]:
         """Train a student from teachers (``DistillOptions``) with the engine's fit loop; returns
@@ -217,8 +232,9 @@ class ModuleTask(Task):
     """A ``Task`` whose commands live in a module, ``commands_module``, imported when a command
     runs (so that the registry, the CLI's ``--help`` and the experiment planner stay cheap). That
     module defines ``count_sentences(data, *, max_sentences)``, ``prepare_train(options)``,
-    ``prepare_distill(options)`` and ``evaluate(model_dir, data, **options)``; the options are
-    checked here first. Serving lives in ``serving_module`` (below)."""
+    ``prepare_distill(options)`` and ``evaluate(model_dir, data, **options)`` (and
+    ``train_folds(options)`` for a task with ``fold_teachers``); the options are checked here
+    first. Serving lives in ``serving_module`` (below)."""
 
     commands_module: ClassVar[str]
     serving_module: ClassVar[str]
@@ -275,6 +291,14 @@ class ModuleTask(Task):
     def prepare_distill(self, options: Any) -> Any:
         self.check_distill_options(options)
         return self.commands().prepare_distill(options)
+
+    def train_folds(self, options: Any) -> dict[str, Any]:
+        if not self.fold_teachers:
+            return super().train_folds(options)
+        from structkd.train.options import check_options
+
+        check_options(options)
+        return self.commands().train_folds(options)
 
     def evaluate(
         self, model_dir: str | os.PathLike[str], data: str, **options: Any

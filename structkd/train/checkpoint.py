@@ -47,6 +47,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "COMPLETE_FILE",
     "CONFIG_FILE",
+    "FOLDS_FILE",
     "METRICS_FILE",
     "MODEL_FILE",
     "ModelFile",
@@ -67,6 +68,9 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 COMPLETE_FILE = "complete.json"
 """The completion marker of a model directory, written last."""
+FOLDS_FILE = "folds.json"
+"""The index of a fold-teacher directory (``structkd.train.folds``: K model directories acting as
+one teacher; it has no ``model.pt`` of its own)."""
 _MARKER_FORMAT = 1
 _OUTPUTS = (MODEL_FILE, METRICS_FILE, CONFIG_FILE)
 _UNFINISHED_READABLE: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
@@ -177,6 +181,7 @@ def clear_outputs(directory: str | os.PathLike[str]) -> None:
     if not directory.is_dir():
         return
     (directory / COMPLETE_FILE).unlink(missing_ok=True)
+    (directory / FOLDS_FILE).unlink(missing_ok=True)  # no longer a fold-teacher directory
     for name in _OUTPUTS:
         (directory / name).unlink(missing_ok=True)
     for name in (*_OUTPUTS, COMPLETE_FILE):
@@ -248,6 +253,11 @@ def _model_path(directory: str | os.PathLike[str]) -> Path:
     if not directory.is_dir():
         raise ValueError(f"model directory {os.fspath(directory)!r} is not a directory")
     path = directory / MODEL_FILE
+    if not path.is_file() and (directory / FOLDS_FILE).is_file():
+        raise ValueError(
+            f"{os.fspath(directory)!r} holds fold teachers ({FOLDS_FILE}: `structkd train "
+            "--folds`), not one model: this command or task reads single model directories"
+        )
     if not path.is_file():
         raise ValueError(
             f"{os.fspath(directory)!r} has no {MODEL_FILE}: not a model directory written by "
@@ -317,7 +327,17 @@ def restore_weights(model: Any, model_file: ModelFile, device: Any = "cpu") -> A
 def model_task(model_dir: str | os.PathLike[str]) -> str:
     """The task of a model directory, read from its ``config.json`` without loading the weights
     (so a command can choose its task before importing that task's code); from ``model.pt`` when
-    ``config.json`` is missing or unreadable. ``ValueError`` when there is no model."""
+    ``config.json`` is missing or unreadable; for a fold-teacher directory, from its
+    ``folds.json``. ``ValueError`` when there is no model."""
+    folds = Path(model_dir) / FOLDS_FILE
+    if folds.is_file() and not (Path(model_dir) / MODEL_FILE).is_file():
+        try:
+            task = json.loads(folds.read_text(encoding="utf-8"))["task"]
+        except (OSError, ValueError, KeyError, TypeError):
+            task = None
+        if not isinstance(task, str):
+            raise ValueError(f"{os.fspath(folds)!r} is unreadable or malformed (no task)")
+        return task
     _model_path(model_dir)
     try:
         task = json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))["task"]

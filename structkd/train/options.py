@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_KD_SCHEDULE",
     "KD_SCHEDULES",
     "REFERENCE_DECAY",
+    "TEACHER_TARGETS",
     "DistillOptions",
     "TrainOptions",
     "check_distill_options",
@@ -29,6 +30,9 @@ DEFAULT_KD_SCHEDULE = "linear"
 """The schedule of ``DistillOptions.kd_schedule`` when none is given."""
 REFERENCE_DECAY = 0.005
 """The per-epoch decay of the ``reference`` schedule."""
+TEACHER_TARGETS: tuple[str, ...] = ("out-of-fold", "in-fold")
+"""The values of ``DistillOptions.teacher_targets`` (``--teacher-targets``): see
+``structkd.train.folds``."""
 
 
 @dataclass
@@ -50,7 +54,10 @@ class TrainOptions:
     in two processes). ``num_threads``: torch CPU threads per process (default 1: these small
     models gain nothing from more; ``None``: torch's default). ``cache_dir``: where teacher
     outputs and transformer features are cached (default ``$STRUCTKD_CACHE_DIR`` or
-    ``~/.cache/structkd``). ``progress``: progress bars.
+    ``~/.cache/structkd``). ``progress``: progress bars. ``folds``: ``K >= 2`` trains K fold
+    teachers into ``out`` instead of one model, fold teacher ``k`` on the training sentences
+    outside fold ``k`` (``structkd.train.folds``): one directory a student distills from with
+    out-of-fold targets (``None``: one model).
     """
 
     train: str
@@ -77,6 +84,7 @@ class TrainOptions:
     gradient_clip: float | None = 5.0
     eval_batch_size: int = 64
     progress: bool = True
+    folds: int | None = None
 
 
 @dataclass
@@ -94,7 +102,10 @@ class DistillOptions(TrainOptions):
     is multiplied by ``T^2``; unlabeled sentences contribute the KD term only. ``unlabeled``:
     extra unlabeled text (a data set, a file of the task's format or one tokenized sentence per
     line); ``labeled_fraction``: keep the labels of only the first fraction of the training
-    sentences (the rest become unlabeled).
+    sentences (the rest become unlabeled). ``teacher_targets``: what a fold teacher (``train
+    --folds``) gives: ``"out-of-fold"`` (its default: the targets of each of its training
+    sentences come from the fold teacher that did not see it, the mixture of the K elsewhere) or
+    ``"in-fold"`` (the mixture everywhere; all an ordinary teacher has); ``None``: the default.
     """
 
     arch: str = "student-crf"
@@ -109,6 +120,7 @@ class DistillOptions(TrainOptions):
     kd_schedule: str = DEFAULT_KD_SCHEDULE
     unlabeled: str | None = None
     labeled_fraction: float | None = None
+    teacher_targets: str | None = None
 
 
 def positive_int(value: Any, name: str, allow_none: bool = False) -> None:
@@ -140,6 +152,9 @@ def check_options(options: TrainOptions) -> None:
         raise ValueError(
             f"scheme must be one of auto, {', '.join(SCHEMES)}; got {options.scheme!r}"
         )
+    folds = options.folds
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise ValueError(f"--folds must be an integer >= 2; got {folds!r}")
 
 
 def check_distill_options(
@@ -183,6 +198,15 @@ def check_distill_options(
     if options.kd_schedule not in KD_SCHEDULES:
         raise ValueError(
             f"kd_schedule must be one of {', '.join(KD_SCHEDULES)}; got {options.kd_schedule!r}"
+        )
+    if options.folds is not None:
+        raise ValueError(
+            "--folds trains fold teachers (`structkd train --folds K`); a student is one model"
+        )
+    if options.teacher_targets not in (None, *TEACHER_TARGETS):
+        raise ValueError(
+            f"--teacher-targets must be one of {', '.join(TEACHER_TARGETS)}; got "
+            f"{options.teacher_targets!r}"
         )
     unlabeled = options.unlabeled is not None or options.labeled_fraction is not None
     if unlabeled and not learns_from_unlabeled:

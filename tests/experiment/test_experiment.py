@@ -983,6 +983,37 @@ def test_a_non_default_kd_schedule_labels_its_rows() -> None:
     assert len(plan.runs) == 39
 
 
+def test_teacher_targets_label_their_rows_and_the_report_keeps_them_apart() -> None:
+    """experiments/ner-folds.toml: the fold teacher's KD students carry ``teacher_targets`` in
+    their rows (out-of-fold and in-fold rows are different table rows); the no-KD students are
+    shared by both cases."""
+    from pathlib import Path
+
+    from structkd.experiment import load_config, plan_experiment
+    from structkd.experiment.report import summarize
+
+    config = Path(__file__).parents[2] / "experiments" / "ner-folds.toml"
+    plan = plan_experiment(load_config(config))
+    labels = [label for rows in plan.rows.values() for label in rows]
+    targets = [label.get("teacher_targets") for label in labels]
+    assert targets.count("out-of-fold") == targets.count("in-fold") == 6
+    assert all(label.get("teacher_targets") is None for label in labels if label["case"] == "1a")
+    assert len(plan.runs) == 23
+    folds = [run for run in plan.runs if run.options.get("folds") == 5]
+    assert len(folds) == 1
+    rows = [
+        {**label, "split": "test", "f1": 0.5 + 0.01 * label["seed"]}
+        for label in labels
+        if label["method"] == "struct"
+    ]
+    variants = sorted((summary.case, summary.variant or "") for summary in summarize(rows))
+    assert variants == [
+        ("1a", ""),
+        ("1a-folds", "in-fold targets"),
+        ("1a-folds", "out-of-fold targets"),
+    ]
+
+
 def test_unlabeled_text_reaches_kd_students_and_teacher_vocabularies(tmp_path: Path) -> None:
     from structkd.experiment import parse_config, plan_experiment
 

@@ -7,6 +7,7 @@ transformer features), entity-level seqeval scores, all six KD methods, unlabele
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -31,6 +32,7 @@ class NerTask(ModuleTask):
     kd_methods = METHOD_NAMES
     temperature_modes = TEMPERATURE_MODES
     learns_from_unlabeled = True
+    fold_teachers = True
     cases: ClassVar[Mapping[str, CaseSpec]] = {
         "1a": CaseSpec("crf", "crf", "CRF teacher -> CRF student"),
         "2a": CaseSpec("crf", "softmax", "CRF teacher -> softmax student"),
@@ -55,6 +57,33 @@ class NerTask(ModuleTask):
         from structkd.models.tagger import TaggerConfig
 
         return "TaggerConfig", frozenset(f.name for f in dataclasses.fields(TaggerConfig))
+
+    def load_predictor(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        batch_size: int = 64,
+        num_threads: int | None = None,
+        device: str = "cpu",
+        scheme: str = "bioes",
+    ) -> Any:
+        """A fold-teacher directory (``train --folds``) is served as the mixture of its fold
+        taggers (``structkd.tasks.ner.folds.FoldNerPredictor``); any other by ``serving``."""
+        from structkd.train.folds import is_fold_directory
+
+        if is_fold_directory(model_dir):
+            from structkd.tasks.ner.folds import FoldNerPredictor
+
+            return FoldNerPredictor(
+                model_dir,
+                batch_size=batch_size,
+                num_threads=num_threads,
+                device=device,
+                scheme=scheme,
+            )
+        return super().load_predictor(
+            model_dir, batch_size=batch_size, num_threads=num_threads, device=device, scheme=scheme
+        )
 
     # -- printing -------------------------------------------------------------------------------
 

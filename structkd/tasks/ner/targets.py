@@ -14,7 +14,11 @@ topk, topwk    ``kbest_tags [n, k]`` (int32, ``-1`` where fewer than ``k`` struc
                ``kbest_log_probs [1, k]`` (``-inf`` there)
 =============  ============================================================================
 
-An ensemble caches each teacher separately and mixes at load time (``KDTargets``).
+An ensemble caches each teacher separately and mixes at load time (``KDTargets``). A fold teacher
+(``structkd.train.folds``) caches each fold teacher on the sentences it is read on (its held-out
+fold and the sentences none of them trained on: each sentence is computed once for out-of-fold
+targets, K times only where the mixture is used) and ``TargetReader`` routes each sentence to
+its entries (``FoldEntries``).
 
 Entries are sharded (``structkd.train.store.build_sharded_entry``): shards of ``shard_size``
 consecutive sentences, each run through the teacher in length-sorted batches and written on its
@@ -61,6 +65,7 @@ from structkd.train.store import (
 __all__ = [
     "CACHE_FORMAT",
     "STUDENT_KINDS",
+    "FoldEntries",
     "KDTargets",
     "TargetReader",
     "TargetSpec",
@@ -455,46 +460,129 @@ class KDTargets:
         return KDTargets(self.method, moved, self.weights)
 
 
-class TargetReader:
-    """Reads ``KDTargets`` for batches of sentence ids from the cache entries of one source (one
-    entry per teacher, all of the same ``TargetSpec``)."""
+@dataclass(frozen=True)
+class FoldEntries:
+    """The cache entries of a fold teacher (``structkd.train.folds``: K fold teachers) for one
+    source of ``n`` sentences.
 
-    def __init__(self, directories: Sequence[Path], spec: TargetSpec, weights: Tensor):
+    ``entries[k]``: fold teacher ``k``'s entry (``None``: it computes no sentence of the source);
+    ``local[k]``: ``[n]`` int64, the id of each sentence in ``entries[k]`` (``-1``: not there), or
+    ``None`` when the entry holds the whole source (the identity); ``fold_of``: ``[n]`` int64, for
+    out-of-fold targets the fold whose teacher did not see the sentence (its targets come from
+    that teacher alone), ``-1`` for a sentence none of them trained on (the mixture of the K);
+    ``None``: the mixture everywhere (in-fold targets)."""
+
+    entries: tuple[Path | None, ...]
+    local: tuple[np.ndarray | None, ...]
+    fold_of: np.ndarray | None = None
+
+
+class TargetReader:
+    """Reads ``KDTargets`` for batches of sentence ids from the cache entries of one source: per
+    teacher, one entry (all of the same ``TargetSpec``) or the ``FoldEntries`` of a fold teacher,
+    mixed with ``weights`` ``[n_teachers]``.
+
+    A fold teacher of weight ``w`` gives a batch one set of targets of weight ``w`` when every
+    sentence's targets are out-of-fold (each read from its own fold teacher's entry), else K sets
+    of weight ``w / K``: set ``k`` holds fold teacher ``k``'s targets of the sentences that get
+    the mixture and each other sentence's out-of-fold targets (K equal copies mix to themselves,
+    exactly, whatever the method)."""
+
+    def __init__(
+        self, directories: Sequence[Path | FoldEntries], spec: TargetSpec, weights: Tensor
+    ):
         if len(directories) != len(weights):
             raise ValueError(f"{len(directories)} cache entries but {len(weights)} weights")
         self.spec = spec
         self.weights = weights
-        self.entries: list[dict[str, tuple[ShardedArray, str]]] = []
-        for directory in directories:
-            n_labels = int(read_meta(directory)["n_labels"])
-            self.entries.append(
-                {
-                    name: (ShardedArray.open(directory, name), rule)
-                    for name, (rule, _, _) in spec.quantities(n_labels).items()
-                }
-            )
+        self.teachers: list[tuple[list[dict[str, tuple[ShardedArray, str]] | None], Any]] = []
+        for item in directories:
+            fold = item if isinstance(item, FoldEntries) else FoldEntries((Path(item),), (None,))
+            opened = []
+            for directory in fold.entries:
+                if directory is None:
+                    opened.append(None)
+                    continue
+                n_labels = int(read_meta(directory)["n_labels"])
+                opened.append(
+                    {
+                        name: (ShardedArray.open(directory, name), rule)
+                        for name, (rule, _, _) in spec.quantities(n_labels).items()
+                    }
+                )
+            self.teachers.append((opened, fold))
+
+    @property
+    def entries(self) -> list[dict[str, tuple[ShardedArray, str]]]:
+        """The opened entries of every teacher (and fold teacher), in order."""
+        return [entry for opened, _ in self.teachers for entry in opened if entry is not None]
 
     def __call__(self, sentence_ids: Tensor, lengths: Tensor) -> KDTargets:
         """Targets of the sentences ``sentence_ids`` ``[B]`` with ``lengths`` ``[B]``."""
         items = sentence_ids.cpu().numpy().astype(np.int64)
         lengths_np = lengths.cpu().numpy().astype(np.int64)
         max_len = int(lengths_np.max())
-        per_teacher = []
-        for entry in self.entries:
-            found = {}
-            for name, (array, rule) in entry.items():
-                expected = _rows(rule, lengths_np)
-                if not np.array_equal(array.rows(items), expected):
+        per_teacher, weights = [], []
+        for (opened, fold), weight in zip(self.teachers, self.weights.tolist(), strict=True):
+            k = len(opened)
+            chosen = np.full(len(items), -1, np.int64)
+            if fold.fold_of is not None:
+                chosen = fold.fold_of[items]
+            if (chosen >= 0).all():
+                plans = [chosen]
+            else:
+                plans = [np.where(chosen >= 0, chosen, index) for index in range(k)]
+            for plan in plans:
+                per_teacher.append(self._read(opened, fold, plan, items, lengths_np, max_len))
+                weights.append(weight / len(plans))
+        return KDTargets(
+            self.spec.method, per_teacher, torch.tensor(weights, dtype=self.weights.dtype)
+        )
+
+    def _read(
+        self,
+        opened: list[dict[str, tuple[ShardedArray, str]] | None],
+        fold: FoldEntries,
+        plan: np.ndarray,
+        items: np.ndarray,
+        lengths: np.ndarray,
+        max_len: int,
+    ) -> dict[str, Tensor]:
+        """One set of targets: sentence ``b``'s from the entry ``opened[plan[b]]``."""
+        groups = []
+        for index in np.unique(plan).tolist():
+            rows = np.flatnonzero(plan == index)
+            local = fold.local[index]
+            ids = items[rows] if local is None else local[items[rows]]
+            entry = opened[index]
+            if entry is None or (ids < 0).any():
+                raise ValueError(
+                    f"the teacher-target cache of fold teacher {index + 1} lacks sentences of "
+                    "this batch (a cache of other data?)"
+                )
+            groups.append((rows, ids, entry))
+        found = {}
+        for name, (_, rule) in groups[0][2].items():
+            out = None
+            for rows, ids, entry in groups:
+                array = entry[name][0]
+                if not np.array_equal(array.rows(ids), _rows(rule, lengths[rows])):
                     raise ValueError(
                         f"cached {name} do not match the batch's sentence lengths (a cache of "
                         "other data?)"
                     )
                 pad = _PAD_BY_NAME.get(name, _PAD[str(array.dtype)])
-                padded = torch.from_numpy(array.gather(items, _max_rows(rule, max_len), pad))
-                if name == "kbest_tags":
-                    padded = padded.long().permute(2, 0, 1)  # [k, B, N]
-                elif name == "kbest_log_probs":
-                    padded = padded[:, 0, :].transpose(0, 1)  # [k, B]
-                found[name] = padded
-            per_teacher.append(found)
-        return KDTargets(self.spec.method, per_teacher, self.weights)
+                values = array.gather(ids, _max_rows(rule, max_len), pad)
+                if len(groups) == 1:
+                    out = values
+                    break
+                if out is None:
+                    out = np.full((len(items), *values.shape[1:]), pad, dtype=values.dtype)
+                out[rows] = values
+            padded = torch.from_numpy(out)
+            if name == "kbest_tags":
+                padded = padded.long().permute(2, 0, 1)  # [k, B, N]
+            elif name == "kbest_log_probs":
+                padded = padded[:, 0, :].transpose(0, 1)  # [k, B]
+            found[name] = padded
+        return found

@@ -4,10 +4,13 @@ fit loop (``structkd.train.fit``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,8 +22,10 @@ from structkd.tasks.ner.data import DataSource, load_labeled, load_text
 from structkd.tasks.ner.diagnostics import target_diagnostics
 from structkd.tasks.ner.evaluation import evaluate_tagger
 from structkd.tasks.ner.features import make_collator
+from structkd.tasks.ner.folds import fold_infos, fold_target_entries, score_mixture
 from structkd.tasks.ner.metrics import entity_counts, scores_from_counts
 from structkd.tasks.ner.model import (
+    TASK,
     build_vocab,
     check_types,
     load_tagger,
@@ -31,6 +36,14 @@ from structkd.tasks.ner.model import (
 from structkd.tasks.ner.targets import KDTargets, TargetReader, TargetSpec, ensure_targets
 from structkd.train.data import Part
 from structkd.train.fit import PreparedRun
+from structkd.train.folds import (
+    FoldAssignment,
+    FoldModel,
+    fit_folds,
+    is_fold_directory,
+    read_fold_model,
+    sentence_key,
+)
 from structkd.train.module import KDSettings
 from structkd.train.options import DistillOptions, TrainOptions
 from structkd.train.runtime import cache_dir, configure_runtime, inference_device, seed
@@ -43,6 +56,7 @@ __all__ = [
     "prepare_distill",
     "prepare_train",
     "student_kind",
+    "train_folds",
     "vocabulary_sources",
 ]
 
@@ -220,8 +234,16 @@ def _run(
     )
 
 
-def prepare_train(options: TrainOptions) -> PreparedRun:
-    """Read the data, build the vocabulary and the (seeded) tagger of a ``train`` run."""
+def prepare_train(
+    options: TrainOptions, fold: tuple[FoldAssignment, int] | None = None
+) -> PreparedRun:
+    """Read the data, build the vocabulary and the (seeded) tagger of a ``train`` run.
+
+    ``fold``: ``(assignment, k)`` trains fold teacher ``k`` (``train_folds``) on the training
+    sentences outside fold ``k`` (its label set is that of all of them, the same for every fold;
+    the held-out sentences' words join the vocabulary as text the model will read, like
+    ``vocab_text``); ``metrics.json`` records the fold and the fingerprint of the sentences it
+    trained on."""
     configure_runtime(options.num_threads)
     train_source, dev, test = _sources(options)
     config = tagger_config(options.arch, options.arch_overrides)
@@ -229,11 +251,26 @@ def prepare_train(options: TrainOptions) -> PreparedRun:
     types = sorted({t for source in labeled for t in source.types})
     if not types:
         raise ValueError(f"train data {options.train!r} has no entities: nothing to learn")
-    vocab = build_vocab(
-        config, train_source.sentences, types, vocabulary_sources(options, dev, test)
-    )
+    extra_text = vocabulary_sources(options, dev, test)
+    data: dict[str, Any] = {"train": train_source.name}
+    if fold is not None:
+        assignment, index = fold
+        folds = assignment.fold_index(sentence.tokens for sentence in train_source.sentences)
+        pairs = list(zip(train_source.sentences, folds.tolist(), strict=True))
+        kept = [sentence for sentence, f in pairs if f != index]
+        held = [sentence for sentence, f in pairs if f == index]
+        train_source = dataclasses.replace(train_source, sentences=kept)
+        extra_text.append(DataSource(f"{train_source.name} (fold {index + 1})", held, None))
+        data["fold"] = {
+            "fold": index + 1,
+            "folds": assignment.k,
+            "n_held_out": len(held),
+            "train_fingerprint": train_source.fingerprint,
+        }
+    vocab = build_vocab(config, train_source.sentences, types, extra_text)
     seed(options.seed)
     tagger = Tagger(config, vocab)
+    data["n_train_sentences"] = len(train_source)
     return _run(
         options,
         "train",
@@ -245,8 +282,30 @@ def prepare_train(options: TrainOptions) -> PreparedRun:
         test,
         {},
         None,
-        {"data": {"train": train_source.name, "n_train_sentences": len(train_source)}},
+        {"data": data},
     )
+
+
+def train_folds(options: TrainOptions) -> dict[str, Any]:
+    """``train --folds K``: K fold taggers into ``options.out`` (``structkd.train.folds``), fold
+    tagger ``k`` on the training sentences outside fold ``k`` (``prepare_train(options, fold)``);
+    the directory's scores are those of their mixture (``structkd.tasks.ner.folds``)."""
+    configure_runtime(options.num_threads)
+    train_source, dev, test = _sources(options)
+    keys = [sentence_key(sentence.tokens) for sentence in train_source.sentences]
+
+    def prepare_fold(fold_options: TrainOptions, assignment: FoldAssignment, k: int) -> Any:
+        return prepare_train(fold_options, (assignment, k))
+
+    def score(model: FoldModel) -> dict[str, Any]:
+        return score_mixture(
+            model,
+            {"dev": dev, "test": test},
+            batch_size=options.eval_batch_size,
+            device=inference_device(options.accelerator),
+        )
+
+    return fit_folds(options, keys, prepare_fold, score, data={"train": train_source.name})
 
 
 def student_kind(config: Any, arch: str) -> str:
@@ -307,8 +366,16 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
     teacher outputs, and build the (seeded) student of a ``distill`` run."""
     configure_runtime(options.num_threads)
     method = options.method
-    infos = [model_info(directory) for directory in options.teachers]
-    weights = check_weights(options.teacher_weights, max(1, len(infos)))
+    # a fold teacher (train --folds) is one teacher of K fold taggers
+    fold_models = [
+        read_fold_model(directory, task=TASK) if is_fold_directory(directory) else None
+        for directory in options.teachers
+    ]
+    infos = []
+    for directory, fold_model in zip(options.teachers, fold_models, strict=True):
+        infos.extend([model_info(directory)] if fold_model is None else fold_infos(fold_model))
+    weights = check_weights(options.teacher_weights, max(1, len(options.teachers)))
+    targets_mode = teacher_targets(options, fold_models)
     for info in infos[1:]:
         if info.types != infos[0].types:
             raise ValueError(
@@ -357,13 +424,28 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
         sources["unlabeled"] = unlabeled
         parts.append(Part("unlabeled", list(enumerate(unlabeled.sentences)), labeled=False))
 
-    # Teacher outputs, cached per (teacher, source).
+    # Teacher outputs, cached per (teacher, source); a fold teacher's per fold tagger.
     device = inference_device(options.accelerator)
     readers, caches = {}, []
     if spec is not None:
         for key, source in sources.items():
-            directories = []
-            for directory in options.teachers:
+            directories: list[Any] = []
+            for directory, fold_model in zip(options.teachers, fold_models, strict=True):
+                if fold_model is not None:
+                    entries, records = fold_target_entries(
+                        fold_model,
+                        source,
+                        spec,
+                        cache_dir(options.cache_dir),
+                        out_of_fold=targets_mode == "out-of-fold",
+                        device=device,
+                        batch_size=options.eval_batch_size,
+                        progress=options.progress,
+                        plan=ShardPlan.from_environment(),
+                    )
+                    directories.append(entries)
+                    caches.extend(records)
+                    continue
                 entry, built = ensure_targets(
                     directory,
                     source.sentences,
@@ -404,7 +486,7 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
         },
         "distillation": {
             "method": method,
-            "teachers": [os.fspath(info.directory) for info in infos],
+            "teachers": [os.fspath(Path(directory)) for directory in options.teachers],
             "teacher_weights": weights.tolist() if infos else [],
             "temperature": temperature,
             "temperature_mode": options.temperature_mode,
@@ -412,6 +494,12 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
             "kd_weight": options.kd_weight,
             "kd_weight_end": options.kd_weight_end,
             "kd_schedule": options.kd_schedule,
+            "teacher_targets": targets_mode if kd is not None else None,
+            "fold_teachers": [
+                {"teacher": os.fspath(model.directory), "folds": model.k}
+                for model in fold_models
+                if model is not None
+            ],
             "caches": caches,
         },
     }
@@ -429,20 +517,68 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
         extra,
     )
     if kd is not None:
-        run.extra["target_diagnostics"] = _diagnostics(run, kd)
+        seen = None
+        if any(model is not None for model in fold_models):
+            seen = {key: _seen_by_folds(s.sentences, fold_models) for key, s in sources.items()}
+        run.extra["target_diagnostics"] = _diagnostics(run, kd, seen, targets_mode)
     return run
 
 
-def _diagnostics(run: PreparedRun, kd: KDSettings) -> dict[str, Any]:
-    """``target_diagnostics`` of every training part (see ``structkd.tasks.ner.diagnostics``)."""
+def teacher_targets(options: DistillOptions, fold_models: Sequence[FoldModel | None]) -> str:
+    """The targets the teachers give: ``options.teacher_targets``, by default ``out-of-fold``
+    with a fold teacher, else ``in-fold`` (``ValueError`` for out-of-fold without one)."""
+    has_folds = any(model is not None for model in fold_models)
+    chosen = options.teacher_targets or ("out-of-fold" if has_folds else "in-fold")
+    if chosen == "out-of-fold" and not has_folds:
+        names = ", ".join(repr(os.fspath(directory)) for directory in options.teachers)
+        raise ValueError(
+            f"--teacher-targets out-of-fold needs a fold teacher (a directory written by "
+            f"`structkd train --folds K`); {names or 'no teacher'} "
+            f"{'is not one' if len(options.teachers) == 1 else 'are not'}"
+        )
+    return chosen
+
+
+def _seen_by_folds(sentences: Sequence[Any], fold_models: Sequence[FoldModel | None]) -> Any:
+    """``[n]`` bool: whether a fold teacher trained on each sentence (some of its taggers)."""
+    seen = np.zeros(len(sentences), dtype=bool)
+    for model in fold_models:
+        if model is not None:
+            seen |= model.assignment.fold_index(s.tokens for s in sentences) >= 0
+    return seen
+
+
+def _diagnostics(
+    run: PreparedRun, kd: KDSettings, seen: dict[str, Any] | None = None, mode: str = "in-fold"
+) -> dict[str, Any]:
+    """``target_diagnostics`` of every training part (see ``structkd.tasks.ner.diagnostics``);
+    with a fold teacher (``seen``: per source, whether its fold taggers trained on each
+    sentence), also ``by_targets``: the diagnostics of the part's sentences a fold teacher
+    trained on (``"out-of-fold"`` or ``"in-fold"`` targets, ``mode``) and of the others
+    (``"unseen"``: the mixture in either mode)."""
     found = {}
     for part in run.train_parts:
         name = f"{part.source} ({'labeled' if part.labeled else 'unlabeled'})"
-        found[name] = target_diagnostics(
-            part.items,
-            run.collators[part.source],
-            run.target_readers[part.source],
-            labeled=part.labeled,
-            temperature=float(kd.temperature),
-        )
+
+        def diagnose(items: Sequence[tuple[int, Any]], part: Part = part) -> Any:
+            return target_diagnostics(
+                items,
+                run.collators[part.source],
+                run.target_readers[part.source],
+                labeled=part.labeled,
+                temperature=float(kd.temperature),
+            )
+
+        found[name] = diagnose(part.items)
+        if seen is not None and found[name] is not None:
+            flags = seen[part.source]
+            groups = {
+                mode: [item for item in part.items if flags[item[0]]],
+                "unseen": [item for item in part.items if not flags[item[0]]],
+            }
+            found[name]["by_targets"] = {
+                group: {"n_sentences": len(items), **(diagnose(items) or {})}
+                for group, items in groups.items()
+                if items
+            }
     return found
