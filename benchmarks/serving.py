@@ -417,7 +417,7 @@ def main() -> None:
     parser.add_argument("--no-spacy", action="store_true")
     parser.add_argument("--ner-data", default="conll03-en:test")
     parser.add_argument("--dep-data", default="twt-tr:test")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=None, help="only the first N sentences")
     parser.add_argument("--exports", default="runs/bench-serving/exports")
