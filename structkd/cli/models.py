@@ -366,6 +366,22 @@ def add_commands(
         "--labeled-fraction", type=float, help="keep the labels of only this fraction of --train"
     )
     distill_parser.add_argument(
+        "--target-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes that build the teacher-target caches, each whole shards (default 1; "
+        "machines or DDP ranks sharing --cache-dir also split the shards)",
+    )
+    distill_parser.add_argument(
+        "--target-shard-size",
+        type=int,
+        default=50_000,
+        metavar="N",
+        help="sentences per shard of a teacher-target cache (default 50000): the memory of a "
+        "build is bounded by one shard",
+    )
+    distill_parser.add_argument(
         "--teacher-targets",
         choices=TEACHER_TARGETS,
         help="with a fold teacher (train --folds K): out-of-fold (its default: each of its "

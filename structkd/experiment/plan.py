@@ -42,7 +42,7 @@ __all__ = [
     "run_id_of",
 ]
 
-NOT_IN_RUN_ID = frozenset({"progress", "num_threads"})
+NOT_IN_RUN_ID = frozenset({"progress", "num_threads", "target_workers", "target_shard_size"})
 VARIANT_OPTIONS: dict[str, Any] = {"kd_schedule": DEFAULT_KD_SCHEDULE, "teacher_targets": None}
 """Student options that label a KD student's rows (with their defaults, which do not): two
 rows that differ in them are different table rows of a report."""

@@ -106,6 +106,9 @@ class DistillOptions(TrainOptions):
     --folds``) gives: ``"out-of-fold"`` (its default: the targets of each of its training
     sentences come from the fold teacher that did not see it, the mixture of the K elsewhere) or
     ``"in-fold"`` (the mixture everywhere; all an ordinary teacher has); ``None``: the default.
+    ``target_workers``: processes of this machine that build the teacher-target caches (each
+    builds whole shards of ``target_shard_size`` sentences; ``structkd.train.store.ShardPlan``);
+    several machines or DDP ranks sharing the cache directory split the shards among them too.
     """
 
     arch: str = "student-crf"
@@ -121,6 +124,8 @@ class DistillOptions(TrainOptions):
     unlabeled: str | None = None
     labeled_fraction: float | None = None
     teacher_targets: str | None = None
+    target_workers: int = 1
+    target_shard_size: int = 50_000
 
 
 def positive_int(value: Any, name: str, allow_none: bool = False) -> None:
@@ -169,6 +174,8 @@ def check_distill_options(
     the method reads them, a temperature mode the task knows, unlabeled text only where the task
     learns from it."""
     check_options(options)
+    positive_int(options.target_workers, "target_workers")
+    positive_int(options.target_shard_size, "target_shard_size")
     name = options.method
     entry = method(name)  # an unknown method: ValueError naming the known ones
     if name not in methods:

@@ -238,6 +238,15 @@ class ShardPlan:
             rank, world_size = 0, 1
         return cls(**{"rank": rank, "world_size": world_size, **changes})
 
+    @classmethod
+    def for_distillation(cls, options: Any) -> ShardPlan:
+        """The plan of a distillation's target caches (``DistillOptions``): its
+        ``target_workers`` processes and ``target_shard_size`` sentences a shard, this process's
+        rank (``from_environment``)."""
+        return cls.from_environment(
+            workers=options.target_workers, shard_size=options.target_shard_size
+        )
+
     def bounds(self, n_items: int) -> list[tuple[int, int]]:
         """``[(start, stop), ...]`` of every shard of ``n_items`` items (one empty shard for
         ``n_items == 0``)."""

@@ -247,7 +247,7 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
                 temperature=options.temperature,
                 cache_dir=cache_dir(options.cache_dir),
                 device=device,
-                plan=ShardPlan.from_environment(),  # torchrun ranks share the shards
+                plan=ShardPlan.for_distillation(options),  # torchrun ranks share the shards
             )
             assert directory is not None  # the plan finishes the entry
             entries.append(directory)

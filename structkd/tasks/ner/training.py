@@ -441,7 +441,7 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
                         device=device,
                         batch_size=options.eval_batch_size,
                         progress=options.progress,
-                        plan=ShardPlan.from_environment(),
+                        plan=ShardPlan.for_distillation(options),
                     )
                     directories.append(entries)
                     caches.extend(records)
@@ -456,7 +456,7 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
                     batch_size=options.eval_batch_size,
                     progress=options.progress,
                     data_name=source.name,
-                    plan=ShardPlan.from_environment(),  # torchrun ranks share the shards
+                    plan=ShardPlan.for_distillation(options),  # torchrun ranks share the shards
                 )
                 assert entry is not None  # the plan finishes the entry
                 directories.append(entry)

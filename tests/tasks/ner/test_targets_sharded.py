@@ -127,3 +127,37 @@ def test_sharded_targets_equal_one_shard(teacher, tmp_path, spec) -> None:
     marginals = ShardedArray.open(workers, "marginals")
     for item in ids.tolist():
         assert np.allclose(marginals[item], expected["marginals"][item, : lengths[item]].numpy())
+
+
+def test_distill_options_choose_the_target_shards_and_workers(teacher, tmp_path) -> None:
+    """``structkd distill --target-workers 2 --target-shard-size 6``: the cache of the 27
+    sentences of text is built in shards of 6 (5 of them) by 2 worker processes; bad values are
+    refused by name."""
+    import json
+    from pathlib import Path
+
+    from structkd.api import DistillOptions, distill
+    from structkd.cli import main
+
+    out = tmp_path / "sharded"
+    command = ["distill", "--teacher", str(teacher / "crf"), "--method", "struct"]
+    command += ["--train", str(teacher / "train.conll"), "--dev", str(teacher / "train.conll")]
+    command += ["--unlabeled", str(teacher / "text.txt"), "--arch", "student-crf"]
+    command += ["--epochs", "1", "--batch-size", "8", "--no-progress"]
+    command += ["--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert main([*command, "--target-workers", "2", "--target-shard-size", "6"]) == 0
+    caches = json.loads((out / "metrics.json").read_text())["distillation"]["caches"]
+    (text,) = [cache for cache in caches if cache["data"].endswith("text.txt")]
+    shards = read_meta(Path(text["path"]))["shards"]
+    assert shards["size"] == 6 and shards["starts"] == [0, 6, 12, 18, 24]
+    for name in ("target_workers", "target_shard_size"):
+        with pytest.raises(ValueError, match=f"{name} must be an integer >= 1"):
+            distill(
+                DistillOptions(
+                    train=str(teacher / "train.conll"),
+                    dev=str(teacher / "train.conll"),
+                    out=str(tmp_path / "refused"),
+                    teachers=[str(teacher / "crf")],
+                    **{name: 0},
+                )
+            )
