@@ -34,6 +34,7 @@ from structkd.serve.onnx import onnx_session
 
 __all__ = [
     "ExportBiLSTM",
+    "batch_axes",
     "char_context",
     "check_against_torch",
     "check_destination",
@@ -166,6 +167,23 @@ def flat_char_features(
     convolved = conv(embedded.t().unsqueeze(0))[0].t()  # [T, F]
     beyond = torch.full_like(convolved[:1], -torch.inf)
     return nn.functional.embedding(char_index, torch.cat([convolved, beyond])).amax(1)
+
+
+_AXES = {
+    "word_ids": {0: "batch", 1: "words"},
+    "upos_ids": {0: "batch", 1: "words"},
+    "word_chars": {0: "batch", 1: "words"},
+    "lengths": {0: "batch"},
+    "chars": {0: "characters"},
+    "char_index": {0: "distinct_words", 1: "word_characters"},
+}
+
+
+def batch_axes(input_names: Sequence[str], output: str) -> dict[str, dict[int, str]]:
+    """The dynamic axes of an exported model over a batch of sentences: its inputs' (word-level
+    ``[B, N]``, ``lengths [B]``, the flat characters ``[T]`` and ``[U, C]``) and its output's
+    ``[B, N, ...]``; ``KeyError`` for an input name not listed here."""
+    return {**{name: _AXES[name] for name in input_names}, output: {0: "batch", 1: "words"}}
 
 
 def write_onnx(

@@ -58,6 +58,7 @@ from structkd.data.dep_batching import DepBatch, DepCollator
 from structkd.models.dep_tagger import SequenceLabelingParser
 from structkd.models.export import (
     ExportBiLSTM,
+    batch_axes,
     char_context,
     check_against_torch,
     check_destination,
@@ -216,15 +217,7 @@ def _check_onnx(path: Path, student: SequenceLabelingParser, context: int) -> di
 def _write_onnx(graph: LabelGraph, path: Path) -> None:
     example = _random_batch(np.random.default_rng(1), (2, 3, 4), (2, 2, 2), graph.char_context)
     arguments = tuple(torch.from_numpy(example[name]) for name in INPUTS)
-    axes = {
-        "word_ids": {0: "batch", 1: "words"},
-        "chars": {0: "characters"},
-        "char_index": {0: "distinct_words", 1: "word_characters"},
-        "word_chars": {0: "batch", 1: "words"},
-        "upos_ids": {0: "batch", 1: "words"},
-        "lengths": {0: "batch"},
-        OUTPUT: {0: "batch", 1: "words"},
-    }
+    axes = batch_axes(INPUTS, OUTPUT)
     write_onnx(
         graph,
         arguments,

@@ -56,6 +56,7 @@ import structkd
 from structkd.data.batching import TaggingBatch, TaggingCollator
 from structkd.models.export import (
     ExportBiLSTM,
+    batch_axes,
     char_context,
     check_against_torch,
     check_destination,
@@ -237,14 +238,7 @@ def _check_onnx(path: Path, tagger: Tagger, context: int) -> dict[str, Any]:
 def _write_onnx(graph: EmissionGraph, path: Path) -> None:
     example = _random_batch(np.random.default_rng(1), (2, 3, 4), 2, 2, graph.char_context)
     arguments = tuple(torch.from_numpy(example[name]) for name in INPUTS)
-    axes = {
-        "word_ids": {0: "batch", 1: "words"},
-        "chars": {0: "characters"},
-        "char_index": {0: "distinct_words", 1: "word_characters"},
-        "word_chars": {0: "batch", 1: "words"},
-        "lengths": {0: "batch"},
-        EMISSIONS: {0: "batch", 1: "words"},
-    }
+    axes = batch_axes(INPUTS, EMISSIONS)
     write_onnx(
         graph,
         arguments,
