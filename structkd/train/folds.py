@@ -28,6 +28,13 @@ keys (in any order) and ``seed``.
 
 ``read_fold_model`` refuses an unfinished directory, one missing a fold or whose fold models
 changed after training (``ValueError`` naming the file and the problem).
+
+**Targets** (what every task's distillation shares): ``read_fold_teachers`` (which ``--teacher``
+directories are fold teachers), ``teacher_targets`` (the ``--teacher-targets`` mode),
+``build_fold_entries`` (which sentences each fold teacher is run on, and the cache entries of
+them: its held-out fold and the sentences none of them trained on for out-of-fold targets, every
+sentence for in-fold ones) and ``FoldEntries`` (those entries, and how a batch reads them:
+``plans``, ``locate``). A task supplies the building of one entry and the mixing of its targets.
 """
 
 from __future__ import annotations
@@ -54,20 +61,24 @@ from structkd.train.checkpoint import (
     file_sha256,
     write_json,
 )
-from structkd.train.options import TEACHER_TARGETS, TrainOptions
+from structkd.train.options import TEACHER_TARGETS, DistillOptions, TrainOptions
 
 __all__ = [
     "FOLDS_FILE",
     "FOLDS_FORMAT",
     "TEACHER_TARGETS",
     "FoldAssignment",
+    "FoldEntries",
     "FoldModel",
     "assign_folds",
+    "build_fold_entries",
     "fit_folds",
     "fold_directory_name",
     "is_fold_directory",
     "read_fold_model",
+    "read_fold_teachers",
     "sentence_key",
+    "teacher_targets",
 ]
 
 FOLDS_FORMAT = 1
@@ -229,6 +240,114 @@ def read_fold_model(
                 "changed or retrained after the fold teachers were trained",
             )
     return model
+
+
+def read_fold_teachers(
+    directories: Sequence[str | os.PathLike[str]], *, task: str
+) -> list[FoldModel | None]:
+    """``read_fold_model`` of each fold-teacher directory of ``directories`` (``--teacher``),
+    ``None`` for any other (an ordinary model directory)."""
+    return [
+        read_fold_model(directory, task=task) if is_fold_directory(directory) else None
+        for directory in directories
+    ]
+
+
+def teacher_targets(options: DistillOptions, fold_models: Sequence[FoldModel | None]) -> str:
+    """The targets the teachers give: ``options.teacher_targets``, by default ``out-of-fold``
+    with a fold teacher, else ``in-fold`` (``ValueError`` for out-of-fold without one)."""
+    has_folds = any(model is not None for model in fold_models)
+    chosen = options.teacher_targets or ("out-of-fold" if has_folds else "in-fold")
+    if chosen == "out-of-fold" and not has_folds:
+        names = ", ".join(repr(os.fspath(directory)) for directory in options.teachers)
+        raise ValueError(
+            f"--teacher-targets out-of-fold needs a fold teacher (a directory written by "
+            f"`structkd train --folds K`); {names or 'no teacher'} "
+            f"{'is not one' if len(options.teachers) == 1 else 'are not'}"
+        )
+    return chosen
+
+
+@dataclass(frozen=True)
+class FoldEntries:
+    """The cache entries of a fold teacher (K fold teachers) for one source of ``n`` sentences.
+
+    ``entries[k]``: fold teacher ``k``'s entry (``None``: it computes no sentence of the source);
+    ``local[k]``: ``[n]`` int64, the id of each sentence in ``entries[k]`` (``-1``: not there), or
+    ``None`` when the entry holds the whole source (the identity); ``fold_of``: ``[n]`` int64, for
+    out-of-fold targets the fold whose teacher did not see the sentence (its targets come from
+    that teacher alone), ``-1`` for a sentence none of them trained on (the mixture of the K);
+    ``None``: the mixture everywhere (in-fold targets). An ordinary teacher is
+    ``FoldEntries((entry,), (None,))``."""
+
+    entries: tuple[Path | None, ...]
+    local: tuple[np.ndarray | None, ...]
+    fold_of: np.ndarray | None = None
+
+    def plans(self, items: np.ndarray) -> list[np.ndarray]:
+        """The sets of targets a batch of sentence ids ``items`` ``[B]`` reads: per set, the
+        fold teacher whose entry gives each sentence's targets. One set when every sentence's
+        targets are out-of-fold, else K: set ``k`` holds fold teacher ``k``'s targets of the
+        sentences that get the mixture and each other sentence's out-of-fold targets. Mixed with
+        equal weights the K sets give the mixture where it is wanted and the out-of-fold targets
+        elsewhere (K equal copies mix to themselves, whatever the mixing rule)."""
+        chosen = np.full(len(items), -1, np.int64)
+        if self.fold_of is not None:
+            chosen = self.fold_of[items]
+        if (chosen >= 0).all():
+            return [chosen]
+        return [np.where(chosen >= 0, chosen, index) for index in range(len(self.entries))]
+
+    def locate(self, fold: int, items: np.ndarray) -> np.ndarray:
+        """The ids in ``entries[fold]`` of the sentences ``items`` (``ValueError`` when the entry
+        lacks one: a cache of other data)."""
+        local = self.local[fold]
+        ids = items if local is None else local[items]
+        if self.entries[fold] is None or (ids < 0).any():
+            raise ValueError(
+                f"the teacher-target cache of fold teacher {fold + 1} lacks sentences of this "
+                "batch (a cache of other data?)"
+            )
+        return ids
+
+
+def build_fold_entries(
+    model: FoldModel,
+    n: int,
+    tokens: Iterable[Iterable[str]],
+    build: Callable[[int, np.ndarray | None], Path],
+    *,
+    out_of_fold: bool,
+) -> FoldEntries:
+    """The ``FoldEntries`` of fold teacher ``model`` on a source of ``n`` sentences with the
+    tokens ``tokens`` (an iterable, read once and only for out-of-fold targets). ``build(k,
+    chosen)``: the cache entry of fold teacher ``k`` on the source's sentences ``chosen`` (sorted
+    indices; ``None``: all of them), built if missing.
+
+    ``out_of_fold``: fold teacher ``k`` is run on the sentences of its held-out fold and on those
+    no fold teacher trained on (so that each sentence is computed once for out-of-fold targets,
+    K times only where the mixture is read); else every fold teacher on every sentence (the
+    entries an ordinary ensemble of the K would use)."""
+    fold_of = model.assignment.fold_index(tokens) if out_of_fold else None
+    if fold_of is not None and len(fold_of) != n:
+        raise ValueError(f"{len(fold_of)} token lists for a source of {n} sentences")
+    entries: list[Path | None] = []
+    local: list[np.ndarray | None] = []
+    for fold in range(model.k):
+        needed = np.ones(n, dtype=bool) if fold_of is None else (fold_of == fold) | (fold_of < 0)
+        if not needed.any():
+            entries.append(None)
+            local.append(None)
+        elif needed.all():
+            entries.append(build(fold, None))
+            local.append(None)
+        else:
+            chosen = np.flatnonzero(needed)
+            entries.append(build(fold, chosen))
+            ids = np.full(n, -1, dtype=np.int64)
+            ids[chosen] = np.arange(len(chosen), dtype=np.int64)
+            local.append(ids)
+    return FoldEntries(tuple(entries), tuple(local), fold_of)
 
 
 def _index(

@@ -326,6 +326,18 @@ def test_toy_task_trains_distills_and_evaluates_end_to_end(toy, tmp_path, one_th
         task.prepare_distill(
             DistillOptions(out=str(tmp_path / "x"), teachers=["t"], method="topk", **common)
         )
+    # and so are fold teachers (``fold_teachers`` is False): no --folds, no out-of-fold targets
+    with pytest.raises(ValueError, match="--task toy cannot train fold teachers"):
+        api.train(TrainOptions(out=str(tmp_path / "folds"), arch="toy-big", folds=2, **common))
+    with pytest.raises(ValueError, match="--task toy has no fold teachers"):
+        task.prepare_distill(
+            DistillOptions(
+                out=str(tmp_path / "x"),
+                teachers=[str(tmp_path / "teacher")],
+                teacher_targets="out-of-fold",
+                **common,
+            )
+        )
 
 
 def test_toy_task_through_the_cli(toy, tmp_path, capsys, one_thread) -> None:

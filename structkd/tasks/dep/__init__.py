@@ -6,6 +6,7 @@ offset or relative PoS encoding) and relation. Scores: UAS and LAS (punctuation 
 asked) and, for students, the rate of well-formed trees before repair. Serving
 (``structkd.tasks.dep.serving``): a torch predictor for every model (head, relation and the head's
 probability per token), and the students' ONNX export, served with numpy and onnxruntime only.
+Fold teachers (``train --arch parser-* --folds K``): ``structkd.tasks.dep.folds``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class DepTask(ModuleTask):
     kd_methods = ("none", "token", "struct")
     temperature_modes = ("global",)
     learns_from_unlabeled = False
+    fold_teachers = True
     default_archs: ClassVar[Mapping[str, str]] = {
         "train": "parser-head-selection",
         "distill": "student-dep-offset",

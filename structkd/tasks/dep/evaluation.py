@@ -56,24 +56,30 @@ def evaluate_dep_model(
     batch_size: int = 64,
     device: str = "cpu",
     include_punct: bool = False,
+    collator: Any = None,
 ) -> dict[str, Any]:
     """UAS, LAS (fractions in ``[0, 1]``; punctuation excluded unless ``include_punct``), the rate
     of well-formed trees before repair, and ``sentences_per_second`` over collation, scoring,
-    decoding and counting of length-sorted batches."""
-    collator = DepCollator(
-        model.vocab,
-        scheme_of(model),
-        labeled=True,
-        strict_relations=False,
-        label_ids=False,
-        label_heads=False,
-    )
+    decoding and counting of length-sorted batches. ``collator``: what collates the batches
+    (``None``: a ``DepCollator`` of the model's vocabulary; a fold mixture collates once per
+    fold parser)."""
+    if collator is None:
+        collator = DepCollator(
+            model.vocab,
+            scheme_of(model),
+            labeled=True,
+            strict_relations=False,
+            label_ids=False,
+            label_heads=False,
+        )
     counts = torch.zeros(3, dtype=torch.long)
     well_formed = 0
     was_training = model.training
     model.eval()
     started = time.perf_counter()
-    with torch.inference_mode():
+    # no_grad, not inference_mode: a fold mixture of exact sibling CRFs decodes their arc
+    # marginals, gradients of log Z (autograd through the inside pass)
+    with torch.no_grad():
         for _, batch in sorted_batches(source.sentences, collator, batch_size, device):
             found = batch_counts(model, batch, include_punct=include_punct).cpu()
             counts += found[:3]

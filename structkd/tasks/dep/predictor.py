@@ -31,6 +31,7 @@ __all__ = [
     "OUTPUT_FORMATS",
     "DepParse",
     "DepPredictor",
+    "ParserInput",
     "check_scheme",
     "conllu_lines",
     "parses",
@@ -51,6 +52,20 @@ class DepParse:
     heads: tuple[int, ...]
     deprels: tuple[str, ...]
     head_scores: tuple[float, ...]
+
+
+class ParserInput:
+    """A sentence as the dependency collator reads it: ``words`` and ``upos`` (``None``: no
+    tags)."""
+
+    __slots__ = ("upos", "words")
+
+    def __init__(self, words: Sequence[str], upos: Sequence[str] | None):
+        self.words = words
+        self.upos = upos
+
+    def __len__(self) -> int:
+        return len(self.words)
 
 
 def check_scheme(scheme: str | None) -> None:

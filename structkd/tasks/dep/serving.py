@@ -32,6 +32,7 @@ from structkd.tasks.dep.predictor import (
     OUTPUT_FORMATS,
     DepParse,
     DepPredictor,
+    ParserInput,
     check_scheme,
     parses,
     write_documents,
@@ -57,14 +58,22 @@ def load_predictor(
 ) -> DepPredictor:
     """A dependency predictor for ``model_dir``: ``OnnxDepPredictor`` for an exported directory
     (an ``export.json``; numpy and onnxruntime, no torch), else ``TorchDepPredictor`` for a
-    trained one (any dependency model: students and parsers). ``scheme`` is the NER option: a
-    parse has no tag scheme (``None`` or ``"bioes"`` only)."""
+    trained one (any dependency model: students and parsers), ``FoldDepPredictor`` for a
+    fold-teacher directory (``train --folds``: the mixture of its fold parsers,
+    ``structkd.tasks.dep.folds``). ``scheme`` is the NER option: a parse has no tag scheme
+    (``None`` or ``"bioes"`` only)."""
     check_scheme(scheme)
     options = {"batch_size": batch_size, "num_threads": num_threads, "device": device}
     if is_exported(model_dir):
         from structkd.tasks.dep.onnx_serving import OnnxDepPredictor
 
         return OnnxDepPredictor(model_dir, **options)
+    from structkd.train.folds import is_fold_directory
+
+    if is_fold_directory(model_dir):
+        from structkd.tasks.dep.folds import FoldDepPredictor
+
+        return FoldDepPredictor(model_dir, **options)
     return TorchDepPredictor(model_dir, **options)
 
 
@@ -79,20 +88,6 @@ def export(
     from structkd.tasks.dep.export import export_onnx
 
     return export_onnx(model_dir, out)
-
-
-class ParserInput:
-    """A sentence as the dependency collator reads it: ``words`` and ``upos`` (``None``: no
-    tags)."""
-
-    __slots__ = ("upos", "words")
-
-    def __init__(self, words: Sequence[str], upos: Sequence[str] | None):
-        self.words = words
-        self.upos = upos
-
-    def __len__(self) -> int:
-        return len(self.words)
 
 
 class TorchDepPredictor(DepPredictor):

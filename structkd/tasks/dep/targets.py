@@ -2,9 +2,10 @@
 ``l = (c, r)``, ``P_t(label_i = l) = P_t(head_i = head(c, i)) * P_t(r | i, head)``
 (``structkd.distill.dep_bridges``), computed once per (teacher, data, student labels, method,
 temperature) and cached (``structkd.train.store``); the mass on heads no label expresses is
-recorded (``lost_mass``). The student's KD loss from them is ``dep_kd_loss``. Entries are sharded
-and built as ``structkd.train.store.build_sharded_entry`` says (format 2; format-1 entries, one
-array per quantity, are rebuilt: their key differs)."""
+recorded (``lost_mass``). ``DepTargetReader`` reads them per batch and mixes an ensemble (or a
+fold teacher's K parsers) exactly. The student's KD loss from them is ``dep_kd_loss``. Entries
+are sharded and built as ``structkd.train.store.build_sharded_entry`` says (format 2; format-1
+entries, one array per quantity, are rebuilt: their key differs)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from structkd.distill.dep_bridges import label_marginals, local_head_probs
 from structkd.structures.base import NumericalError
 from structkd.tasks.dep.data import DepSource
 from structkd.tasks.dep.model import TASK, dep_info, load_dep_model
+from structkd.train.folds import FoldEntries
 from structkd.train.inference import sorted_batches
 from structkd.train.store import RaggedWriter, ShardedArray, ShardPlan, build_sharded_entry
 
@@ -36,6 +38,7 @@ __all__ = [
     "DepTeacherShards",
     "dep_kd_loss",
     "ensure_dep_targets",
+    "mix_label_targets",
     "relation_map",
 ]
 
@@ -210,27 +213,119 @@ def ensure_dep_targets(
 
 
 class DepTargetReader:
-    """Reads ``DepTargets`` for batches of sentence ids from one cache entry per teacher, mixing
-    the teachers' label distributions with ``weights`` (the KD loss is linear in them)."""
+    """Reads ``DepTargets`` for batches of sentence ids: per teacher, one cache entry or the
+    ``FoldEntries`` of a fold teacher (``structkd.train.folds``), mixed with ``weights``.
 
-    def __init__(self, directories: Sequence[Path], weights: Tensor):
-        self.entries = [ShardedArray.open(directory, "probs") for directory in directories]
+    The targets of a mixture of teachers ``P = sum_t w_t P_t`` are exact. A cached row is a
+    teacher's label distribution renormalized over the labels that express its heads
+    (``q_t = P_t(label) / E_t``, ``E_t = 1 - lost_mass_t``: ``label_marginals``), and the KD
+    losses are linear in the unnormalized ``P_t(label)``, so the mixture's renormalized targets
+    are ``sum_t w_t E_t q_t / sum_t w_t E_t`` (not the mean of the ``q_t``, unless the teachers
+    lose the same mass), for Token KD (local head and relation softmax) and structural KD (tree
+    marginals) alike. ``E_t`` is read back from the cached float32 ``lost_mass`` (``1 - E_t``,
+    computed in float32 from the float32 ``E_t``): exactly for ``E_t >= 1/2``, within ``2^-25``
+    below. A word no teacher gives a target has none; where every teacher giving one has an
+    ``E_t`` below that resolution (all but all of their mass on heads no label expresses) the
+    ``q_t`` are mixed with the weights ``w_t``. One set of targets (one teacher, or a batch of
+    out-of-fold sentences) is read as cached. A fold teacher gives K sets of weight ``w / K`` where
+    some sentence gets the mixture of its K fold teachers (``FoldEntries.plans``)."""
+
+    def __init__(self, directories: Sequence[Path | FoldEntries], weights: Tensor):
+        if len(directories) != len(weights):
+            raise ValueError(f"{len(directories)} cache entries but {len(weights)} weights")
         self.weights = weights
+        self.teachers: list[tuple[list[tuple[ShardedArray, ShardedArray] | None], FoldEntries]]
+        self.teachers = []
+        for item in directories:
+            fold = item if isinstance(item, FoldEntries) else FoldEntries((Path(item),), (None,))
+            opened = [
+                None
+                if directory is None
+                else (
+                    ShardedArray.open(directory, "probs"),
+                    ShardedArray.open(directory, "lost_mass"),
+                )
+                for directory in fold.entries
+            ]
+            self.teachers.append((opened, fold))
 
-    def __call__(self, sentence_ids: Tensor, lengths: Tensor) -> DepTargets:
+    def sets(
+        self, sentence_ids: Tensor, lengths: Tensor
+    ) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """The sets of targets of a batch: ``(weight, probs [B, N, L] float32, lost_mass [B, N]
+        float32)`` each (padding: probabilities 0, lost mass 0)."""
         items = sentence_ids.cpu().numpy().astype(np.int64)
-        max_len = int(lengths.max())
-        mixed = None
-        for weight, entry in zip(self.weights.tolist(), self.entries, strict=True):
-            if not np.array_equal(entry.rows(items), lengths.cpu().numpy()):
+        lengths_np = lengths.cpu().numpy().astype(np.int64)
+        max_len = int(lengths_np.max())
+        found = []
+        for (opened, fold), weight in zip(self.teachers, self.weights.tolist(), strict=True):
+            plans = fold.plans(items)
+            for plan in plans:
+                probs, lost = self._read(opened, fold, plan, items, lengths_np, max_len)
+                found.append((weight / len(plans), probs, lost))
+        return found
+
+    def _read(
+        self,
+        opened: list[tuple[ShardedArray, ShardedArray] | None],
+        fold: FoldEntries,
+        plan: np.ndarray,
+        items: np.ndarray,
+        lengths: np.ndarray,
+        max_len: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One set of targets: sentence ``b``'s from the entry ``opened[plan[b]]``."""
+        probs = lost = None
+        for index in np.unique(plan).tolist():
+            rows = np.flatnonzero(plan == index)
+            ids = fold.locate(index, items[rows])
+            entry = opened[index]
+            assert entry is not None  # locate checked it
+            if not np.array_equal(entry[0].rows(ids), lengths[rows]):
                 raise ValueError(
                     "cached teacher outputs do not match the batch's sentence lengths (a cache of "
                     "other data?)"
                 )
-            probs = torch.from_numpy(entry.gather(items, max_len, 0.0)) * weight
-            mixed = probs if mixed is None else mixed + probs
-        assert mixed is not None
-        return DepTargets(mixed, mixed.sum(-1) > 0)
+            found_probs = entry[0].gather(ids, max_len, 0.0)
+            found_lost = entry[1].gather(ids, max_len, 0.0)[:, :, 0]
+            if len(rows) == len(items):
+                return found_probs, found_lost
+            if probs is None or lost is None:
+                probs = np.zeros((len(items), *found_probs.shape[1:]), found_probs.dtype)
+                lost = np.zeros((len(items), max_len), found_lost.dtype)
+            probs[rows] = found_probs
+            lost[rows] = found_lost
+        assert probs is not None and lost is not None
+        return probs, lost
+
+    def __call__(self, sentence_ids: Tensor, lengths: Tensor) -> DepTargets:
+        found = self.sets(sentence_ids, lengths)
+        if len(found) == 1:
+            probs = torch.from_numpy(found[0][1])
+            return DepTargets(probs, probs.sum(-1) > 0)
+        return DepTargets(*mix_label_targets(found))
+
+
+def mix_label_targets(
+    sets: Sequence[tuple[float, np.ndarray, np.ndarray]],
+) -> tuple[Tensor, Tensor]:
+    """The targets of the mixture ``sum_s w_s P_s`` of sets ``(w_s, q_s [B, N, L], lost_s [B,
+    N])`` of renormalized label distributions and their lost mass (``DepTargetReader``):
+    ``(probs [B, N, L] float32, has_target [B, N])``."""
+    weights = torch.tensor([weight for weight, _, _ in sets], dtype=torch.float64)
+    probs = torch.stack([torch.from_numpy(q) for _, q, _ in sets]).double()  # [S, B, N, L]
+    lost = torch.stack([torch.from_numpy(m) for _, _, m in sets]).double()  # [S, B, N]
+    has = probs.sum(-1) > 0
+    given = weights[:, None, None] * has
+    mass = given * (1.0 - lost).clamp(min=0.0)
+    unresolved = (mass.sum(0) <= 0)[None]  # words whose teachers' masses all read back as 0
+    mass = torch.where(unresolved, given, mass)
+    total = mass.sum(0)
+    mixed = (mass[..., None] * probs).sum(0) / total.clamp(min=torch.finfo(torch.float64).tiny)[
+        ..., None
+    ]
+    has_target = total > 0
+    return torch.where(has_target[..., None], mixed, 0.0).float(), has_target
 
 
 def dep_kd_loss(logits: Tensor, targets: DepTargets, temperature: float = 1.0) -> Tensor:

@@ -8,7 +8,8 @@ acting as one teacher, the equal-weight mixture ``P = (1/K) sum_k P_k``.
   P_k(u)``: exact for the KD losses, linear in the teacher's marginals). Each tagger is run only
   on the sentences it is read for (its own held-out fold and the sentences none of them trained
   on), so out-of-fold targets cost one teacher pass per sentence. ``in-fold`` targets are the
-  mixture everywhere (``TargetReader`` and ``FoldEntries`` in ``structkd.tasks.ner.targets``).
+  mixture everywhere (``TargetReader`` in ``structkd.tasks.ner.targets``, ``FoldEntries`` and
+  ``build_fold_entries`` in ``structkd.train.folds``).
 * **Prediction and evaluation** (``FoldMixture``, ``FoldNerPredictor``): the mixture's token and
   pair marginals (the mean of the taggers' on the CRF bridge) define the linear chain ``Q(y) =
   P(y_1) prod_i P(y_i, y_{i+1}) / P(y_i)`` closest to the mixture (``min_Q KL(P || Q)`` over
@@ -41,8 +42,8 @@ from structkd.tasks.ner.features import make_collator
 from structkd.tasks.ner.model import TASK, ModelInfo, load_tagger, model_info
 from structkd.tasks.ner.predictor import NerLabels, NerPredictor
 from structkd.tasks.ner.serving import entity_spans, iob2_index, span_probabilities
-from structkd.tasks.ner.targets import FoldEntries, TargetSpec, ensure_targets
-from structkd.train.folds import FoldModel, read_fold_model
+from structkd.tasks.ner.targets import TargetSpec, ensure_targets
+from structkd.train.folds import FoldEntries, FoldModel, build_fold_entries, read_fold_model
 from structkd.train.runtime import default_cache_dir
 from structkd.train.store import ShardPlan
 
@@ -252,26 +253,16 @@ def fold_target_entries(
     ensemble of the K would use)."""
     sentences = source.sentences
     n = len(sentences)
-    fold_of = None
-    if out_of_fold:
-        fold_of = model.assignment.fold_index(sentence.tokens for sentence in sentences)
-    entries: list[Path | None] = []
-    local: list[np.ndarray | None] = []
     caches = []
-    for fold, directory in enumerate(model.models):
-        needed = np.ones(n, dtype=bool) if fold_of is None else (fold_of == fold) | (fold_of < 0)
-        if not needed.any():
-            entries.append(None)
-            local.append(None)
-            continue
-        if needed.all():
-            subset, fingerprint, ids = sentences, source.fingerprint, None
+
+    def build(fold: int, chosen: np.ndarray | None) -> Path:
+        directory = model.models[fold]
+        if chosen is None:
+            subset, fingerprint, name = sentences, source.fingerprint, source.name
         else:
-            chosen = np.flatnonzero(needed)
             subset = [sentences[index] for index in chosen.tolist()]
             fingerprint = DataSource(source.name, subset, None).fingerprint
-            ids = np.full(n, -1, dtype=np.int64)
-            ids[chosen] = np.arange(len(chosen), dtype=np.int64)
+            name = f"{source.name} ({len(subset)} of {n})"
         entry, built = ensure_targets(
             directory,
             subset,
@@ -281,12 +272,10 @@ def fold_target_entries(
             device=device,
             batch_size=batch_size,
             progress=progress,
-            data_name=source.name if ids is None else f"{source.name} ({len(subset)} of {n})",
+            data_name=name,
             plan=plan or ShardPlan.from_environment(),
         )
         assert entry is not None  # the plan finishes the entry
-        entries.append(entry)
-        local.append(ids)
         caches.append(
             {
                 "teacher": os.fspath(directory),
@@ -297,7 +286,11 @@ def fold_target_entries(
                 "built": built,
             }
         )
-    return FoldEntries(tuple(entries), tuple(local), fold_of), caches
+        return entry
+
+    tokens = (sentence.tokens for sentence in sentences)
+    entries = build_fold_entries(model, n, tokens, build, out_of_fold=out_of_fold)
+    return entries, caches
 
 
 class FoldNerPredictor(NerPredictor):

@@ -52,6 +52,7 @@ from structkd.distill.halves import cached_quantities, teacher_half
 from structkd.distill.methods import KD_METHODS, TEMPERATURE_MODES, method
 from structkd.tasks.ner.features import make_collator
 from structkd.tasks.ner.model import load_tagger, model_info
+from structkd.train.folds import FoldEntries
 from structkd.train.inference import sorted_batches
 from structkd.train.store import (
     RaggedWriter,
@@ -460,23 +461,6 @@ class KDTargets:
         return KDTargets(self.method, moved, self.weights)
 
 
-@dataclass(frozen=True)
-class FoldEntries:
-    """The cache entries of a fold teacher (``structkd.train.folds``: K fold teachers) for one
-    source of ``n`` sentences.
-
-    ``entries[k]``: fold teacher ``k``'s entry (``None``: it computes no sentence of the source);
-    ``local[k]``: ``[n]`` int64, the id of each sentence in ``entries[k]`` (``-1``: not there), or
-    ``None`` when the entry holds the whole source (the identity); ``fold_of``: ``[n]`` int64, for
-    out-of-fold targets the fold whose teacher did not see the sentence (its targets come from
-    that teacher alone), ``-1`` for a sentence none of them trained on (the mixture of the K);
-    ``None``: the mixture everywhere (in-fold targets)."""
-
-    entries: tuple[Path | None, ...]
-    local: tuple[np.ndarray | None, ...]
-    fold_of: np.ndarray | None = None
-
-
 class TargetReader:
     """Reads ``KDTargets`` for batches of sentence ids from the cache entries of one source: per
     teacher, one entry (all of the same ``TargetSpec``) or the ``FoldEntries`` of a fold teacher,
@@ -484,9 +468,9 @@ class TargetReader:
 
     A fold teacher of weight ``w`` gives a batch one set of targets of weight ``w`` when every
     sentence's targets are out-of-fold (each read from its own fold teacher's entry), else K sets
-    of weight ``w / K``: set ``k`` holds fold teacher ``k``'s targets of the sentences that get
-    the mixture and each other sentence's out-of-fold targets (K equal copies mix to themselves,
-    exactly, whatever the method)."""
+    of weight ``w / K`` (``FoldEntries.plans``): set ``k`` holds fold teacher ``k``'s targets of
+    the sentences that get the mixture and each other sentence's out-of-fold targets (K equal
+    copies mix to themselves, exactly, whatever the method)."""
 
     def __init__(
         self, directories: Sequence[Path | FoldEntries], spec: TargetSpec, weights: Tensor
@@ -524,14 +508,7 @@ class TargetReader:
         max_len = int(lengths_np.max())
         per_teacher, weights = [], []
         for (opened, fold), weight in zip(self.teachers, self.weights.tolist(), strict=True):
-            k = len(opened)
-            chosen = np.full(len(items), -1, np.int64)
-            if fold.fold_of is not None:
-                chosen = fold.fold_of[items]
-            if (chosen >= 0).all():
-                plans = [chosen]
-            else:
-                plans = [np.where(chosen >= 0, chosen, index) for index in range(k)]
+            plans = fold.plans(items)
             for plan in plans:
                 per_teacher.append(self._read(opened, fold, plan, items, lengths_np, max_len))
                 weights.append(weight / len(plans))
@@ -552,14 +529,9 @@ class TargetReader:
         groups = []
         for index in np.unique(plan).tolist():
             rows = np.flatnonzero(plan == index)
-            local = fold.local[index]
-            ids = items[rows] if local is None else local[items[rows]]
+            ids = fold.locate(index, items[rows])
             entry = opened[index]
-            if entry is None or (ids < 0).any():
-                raise ValueError(
-                    f"the teacher-target cache of fold teacher {index + 1} lacks sentences of "
-                    "this batch (a cache of other data?)"
-                )
+            assert entry is not None  # locate checked it
             groups.append((rows, ids, entry))
         found = {}
         for name, (_, rule) in groups[0][2].items():

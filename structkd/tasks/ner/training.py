@@ -40,9 +40,9 @@ from structkd.train.folds import (
     FoldAssignment,
     FoldModel,
     fit_folds,
-    is_fold_directory,
-    read_fold_model,
+    read_fold_teachers,
     sentence_key,
+    teacher_targets,
 )
 from structkd.train.module import KDSettings
 from structkd.train.options import DistillOptions, TrainOptions
@@ -367,10 +367,7 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
     configure_runtime(options.num_threads)
     method = options.method
     # a fold teacher (train --folds) is one teacher of K fold taggers
-    fold_models = [
-        read_fold_model(directory, task=TASK) if is_fold_directory(directory) else None
-        for directory in options.teachers
-    ]
+    fold_models = read_fold_teachers(options.teachers, task=TASK)
     infos = []
     for directory, fold_model in zip(options.teachers, fold_models, strict=True):
         infos.extend([model_info(directory)] if fold_model is None else fold_infos(fold_model))
@@ -522,21 +519,6 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
             seen = {key: _seen_by_folds(s.sentences, fold_models) for key, s in sources.items()}
         run.extra["target_diagnostics"] = _diagnostics(run, kd, seen, targets_mode)
     return run
-
-
-def teacher_targets(options: DistillOptions, fold_models: Sequence[FoldModel | None]) -> str:
-    """The targets the teachers give: ``options.teacher_targets``, by default ``out-of-fold``
-    with a fold teacher, else ``in-fold`` (``ValueError`` for out-of-fold without one)."""
-    has_folds = any(model is not None for model in fold_models)
-    chosen = options.teacher_targets or ("out-of-fold" if has_folds else "in-fold")
-    if chosen == "out-of-fold" and not has_folds:
-        names = ", ".join(repr(os.fspath(directory)) for directory in options.teachers)
-        raise ValueError(
-            f"--teacher-targets out-of-fold needs a fold teacher (a directory written by "
-            f"`structkd train --folds K`); {names or 'no teacher'} "
-            f"{'is not one' if len(options.teachers) == 1 else 'are not'}"
-        )
-    return chosen
 
 
 def _seen_by_folds(sentences: Sequence[Any], fold_models: Sequence[FoldModel | None]) -> Any:
