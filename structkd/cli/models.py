@@ -361,7 +361,10 @@ def add_commands(
         "--kd-weight-end", type=float, default=0.0, help="lambda at the last step (linear)"
     )
     distill_parser.add_argument("--kd-schedule", default=DEFAULT_KD_SCHEDULE, choices=KD_SCHEDULES)
-    distill_parser.add_argument("--unlabeled", help="unlabeled text (data set, CoNLL, tokens)")
+    distill_parser.add_argument(
+        "--unlabeled",
+        help="unlabeled text (data set, CoNLL, tokens; --task dep: CoNLL-U with UPOS, HEAD _)",
+    )
     distill_parser.add_argument(
         "--labeled-fraction", type=float, help="keep the labels of only this fraction of --train"
     )

@@ -47,7 +47,7 @@ import conllu
 from conllu.exceptions import ParseException
 from conllu.parser import DEFAULT_FIELDS, parse_comment_line, parse_id_value, parse_int_value
 
-from structkd.data.conll import DataError, decode_utf8
+from structkd.data.conll import DataError, decode_utf8, labeled_count
 from structkd.data.packages import distribution_data_file
 
 __all__ = [
@@ -64,10 +64,12 @@ __all__ = [
     "parse_conllu",
     "projective_subset",
     "read_conllu",
+    "split_labeled_trees",
     "tree_problem",
     "treebank_statistics",
     "turkish_treebank_paths",
     "with_predictions",
+    "without_tree",
     "write_conllu",
 ]
 
@@ -384,6 +386,50 @@ def _parse_block(
         word_lines=tuple(word_lines),
         has_tree=not unparsed,
     )
+
+
+def without_tree(sentence: DepSentence) -> DepSentence:
+    """``sentence`` as unparsed text: the same words and UPOS, ``heads`` ``-1`` and
+    ``relations`` ``"_"`` everywhere, ``has_tree=False``, and a copy of ``tokens`` whose words'
+    HEAD, DEPREL and DEPS are ``_`` (so that no gold tree is left in it to read)."""
+    tokens = conllu.TokenList(
+        [
+            conllu.Token({**token, "head": None, "deprel": "_", "deps": "_"})
+            if isinstance(token["id"], int)
+            else conllu.Token(token)
+            for token in sentence.tokens
+        ],
+        conllu.Metadata(sentence.tokens.metadata),
+        default_fields=sentence.tokens.default_fields,
+    )
+    n_words = len(sentence)
+    return DepSentence(
+        words=sentence.words,
+        upos=sentence.upos,
+        heads=(-1,) * n_words,
+        relations=("_",) * n_words,
+        tokens=tokens,
+        source=sentence.source,
+        start_line=sentence.start_line,
+        word_lines=sentence.word_lines,
+        has_tree=False,
+    )
+
+
+def split_labeled_trees(
+    sentences: Sequence[DepSentence], fraction: float
+) -> tuple[list[DepSentence], list[DepSentence]]:
+    """``--labeled-fraction F`` on a treebank: ``(labeled, unlabeled)``, the first
+    ``labeled_count(len(sentences), F)`` sentences unchanged and the rest ``without_tree``, in
+    order (the dependency counterpart of ``structkd.data.conll.split_labeled_fraction``). Every
+    input sentence must have a tree."""
+    for index, sentence in enumerate(sentences):
+        if not sentence.has_tree:
+            raise ValueError(
+                f"sentences[{index}] has no tree; split_labeled_trees needs gold trees"
+            )
+    n_labeled = labeled_count(len(sentences), fraction)
+    return list(sentences[:n_labeled]), [without_tree(s) for s in sentences[n_labeled:]]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import functools
 import itertools
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -66,9 +66,12 @@ class DepVocab:
         *,
         min_count: int = 1,
         extra_words: Iterable[str] = (),
+        relations: Iterable[str] | None = None,
     ) -> DepVocab:
         """Vocabularies of the training ``sentences``; a word seen fewer than ``min_count`` times
         maps to ``<unk>``; ``extra_words`` (e.g. of unlabeled text) are added whatever their count.
+        ``relations``: the relations (sorted here); ``None``: those of ``sentences`` (pass the
+        relations of the gold trees when ``sentences`` also hold unparsed text).
         """
         if not sentences:
             raise ValueError("cannot build a vocabulary from no sentences")
@@ -81,8 +84,9 @@ class DepVocab:
             char for sentence in sentences for w in sentence.words for char in w
         )
         upos = Vocabulary.build(tag for sentence in sentences for tag in sentence.upos)
-        relations = tuple(sorted({rel for sentence in sentences for rel in sentence.relations}))
-        return cls(words=words, chars=chars, upos=upos, relations=relations)
+        if relations is None:
+            relations = (rel for sentence in sentences for rel in sentence.relations)
+        return cls(words=words, chars=chars, upos=upos, relations=tuple(sorted(set(relations))))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -177,6 +181,10 @@ class DepBatch(PaddedBatch):
     @property
     def labeled(self) -> bool:
         return self.heads is not None
+
+    def without_labels(self) -> DepBatch:
+        """The same batch without gold trees or labels (a batch of unlabeled text)."""
+        return replace(self, heads=None, rel_ids=None, label_ids=None)
 
 
 class _Encoded(NamedTuple):

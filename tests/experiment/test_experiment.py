@@ -646,10 +646,6 @@ def test_dep_config_parses_and_plans(tmp_path: Path) -> None:
             "grid[1].methods: method 'posterior' is not defined for task 'dep'",
         ),
         (
-            lambda raw: raw["grid"][0].update(labeled_fractions=[1.0, 0.1]),
-            "grid[0].labeled_fractions: task 'dep' distills on the labeled training data only",
-        ),
-        (
             lambda raw: raw["grid"][1].update(temperature_modes=["global", "local"]),
             "grid[1].temperature_modes: task 'dep' supports the temperature modes ['global'] only",
         ),
@@ -1027,8 +1023,7 @@ def test_unlabeled_text_reaches_kd_students_and_teacher_vocabularies(tmp_path: P
     assert by_method["teacher"]["vocab_text"] == ["text.txt"]
     plain = plan_experiment(parse_config(base_config(tmp_path)))
     assert all("unlabeled" not in run.options for run in plain.runs)
-    dep = base_config(tmp_path)
-    dep["experiment"]["task"] = "dep"
-    dep["data"]["unlabeled"] = "text.txt"
-    with pytest.raises(ValueError, match="does not learn from unlabeled text"):
-        parse_config(dep)
+    dep = dep_config(tmp_path)  # dep learns from unlabeled text too (CoNLL-U with UPOS)
+    dep["data"]["unlabeled"] = "text.conllu"
+    dep["grid"][0].update(labeled_fractions=[1.0, 0.1])
+    assert parse_config(dep).unlabeled == "text.conllu"

@@ -422,9 +422,9 @@ def test_dep_table_cells_and_delta() -> None:
     lines = markdown.splitlines()
     assert "## dep: twt-tr" in lines
     assert (
-        "| case | teacher -> student | method | T | test UAS | test LAS | dev LAS | "
+        "| case | teacher -> student | method | T | labeled | test UAS | test LAS | dev LAS | "
         "well-formed % (test) | test sentences/s | Δ test LAS vs no KD | Δ test LAS vs Token KD |"
-    ) in lines
+    ) in lines  # dep learns from unlabeled text: the labeled fraction is a column, as for NER
     struct_line = next(line for line in lines if "| 1b-hs |" in line and "structural KD" in line)
     cells = [cell.strip() for cell in struct_line.strip("|").split("|")]
     assert cells == [
@@ -432,6 +432,7 @@ def test_dep_table_cells_and_delta() -> None:
         "parser-head-selection -> student-dep-offset",
         "structural KD",
         "1 global",
+        "all",  # labeled fraction
         "75.00 ± 0.00 (n=3)",  # test UAS
         "65.00 ± 2.00",  # test LAS
         "70.00 ± 2.00",  # dev LAS

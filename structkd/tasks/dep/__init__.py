@@ -41,7 +41,7 @@ class DepTask(ModuleTask):
     teacher_margin = ("uas", 2.0)
     kd_methods = ("none", "token", "struct")
     temperature_modes = ("global",)
-    learns_from_unlabeled = False
+    learns_from_unlabeled = True
     fold_teachers = True
     default_archs: ClassVar[Mapping[str, str]] = {
         "train": "parser-head-selection",

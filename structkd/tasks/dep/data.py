@@ -8,10 +8,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from structkd.data.conllu_io import DepSentence, read_conllu
+from structkd.data.conll import read_text_lines
+from structkd.data.conllu_io import DepSentence, read_conllu, without_tree
 from structkd.data.datasets import is_dataset_name, load_dataset
+from structkd.data.formats import conllu_line
 
-__all__ = ["DepSource", "load_dep_source"]
+__all__ = ["DepSource", "load_dep_source", "load_dep_text"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +68,29 @@ def load_dep_source(
     if max_sentences is not None:
         sentences = sentences[:max_sentences]
     return DepSource(spec, sentences)
+
+
+def load_dep_text(spec: str, *, role: str = "unlabeled") -> DepSource:
+    """Unlabeled text for distillation (``--unlabeled``): a CoNLL-U file whose HEAD and DEPREL
+    may be ``_`` (a treebank's trees, where it has some, are dropped: ``without_tree``), or a
+    registered treebank. Every word needs its UPOS (the parsers and the students read it); a
+    file that is not CoNLL-U (tokenized or raw text) or a word whose UPOS is ``_`` is refused
+    with a ``ValueError`` naming the file (and the line)."""
+    spec = os.fspath(spec)
+    if not is_dataset_name(spec) and Path(spec).is_file() and not spec.endswith(".conllu"):
+        if conllu_line(read_text_lines(spec)) is None:
+            raise ValueError(
+                f"{role} data {spec!r} is not CoNLL-U: --task dep reads unlabeled text as "
+                "CoNLL-U with the UPOS of every word (HEAD and DEPREL may be '_'), because the "
+                "parsers and the students read UPOS; tag tokenized text with UPOS first"
+            )
+    source = load_dep_source(spec, role="input")
+    for sentence in source.sentences:
+        for word, tag in enumerate(sentence.upos, start=1):
+            if tag in ("", "_"):
+                raise ValueError(
+                    f"{role} data {spec!r}: {sentence.source}:{sentence.word_lines[word - 1]}: "
+                    f"word {word} has no UPOS ('_'); --task dep reads the UPOS of every word "
+                    "(the parsers and the students read it): tag the text with UPOS first"
+                )
+    return DepSource(spec, [without_tree(sentence) for sentence in source.sentences])

@@ -16,11 +16,20 @@ Fold teachers (``train_folds``, ``--folds K``; ``structkd.tasks.dep.folds``): K 
 a projective parser also drops the non-projective trees, and its held-out fold's sentences stay
 in the fold). A student distills from one with out-of-fold or in-fold targets
 (``teacher_targets``, recorded in ``metrics.json``).
+
+Unlabeled text (``distill --labeled-fraction F``, ``--unlabeled FILE``): the first ``F`` of the
+training trees keep their trees (gold loss and KD), the rest become unparsed sentences
+(``structkd.data.conllu_io.split_labeled_trees``: their trees are dropped as soon as they are
+read, so none reaches the loss, the relations or the student's labels) that get the KD term only,
+like the sentences of ``--unlabeled`` (CoNLL-U with UPOS, HEAD and DEPREL ``_``:
+``structkd.tasks.dep.data.load_dep_text``). Teacher targets are computed for every training
+sentence and every unlabeled one; the vocabulary (words, characters, UPOS) is built from all of
+that text, the relations and the student's labels from the labeled trees only. Without KD the
+student trains on the labeled trees only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -28,12 +37,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from structkd.data.conllu_io import projective_subset
+from structkd.data.conllu_io import projective_subset, split_labeled_trees
 from structkd.data.dep_batching import DepCollator, DepVocab
 from structkd.data.dep_encodings import DepLabelScheme
 from structkd.distill.bridges import check_weights
 from structkd.models.parser import PROJECTIVE_MODES
-from structkd.tasks.dep.data import DepSource, load_dep_source
+from structkd.tasks.dep.data import DepSource, load_dep_source, load_dep_text
 from structkd.tasks.dep.evaluation import batch_counts, evaluate_dep_model
 from structkd.tasks.dep.folds import fold_target_entries, given_lost_mass, score_mixture
 from structkd.tasks.dep.metrics import attachment_scores
@@ -162,6 +171,7 @@ def _prepare_data(
     spec: dict[str, str],
     config: Any,
     fold: tuple[FoldAssignment, int] | None = None,
+    unlabeled: DepSource | None = None,
 ) -> tuple[DepSource, DepSource, DepSource | None, DepVocab, DepLabelScheme | None, dict]:
     """The training, dev and test trees, the vocabulary (dev and test words included), the
     student's label scheme (``None`` for a parser) and the ``metrics.json`` entries describing
@@ -169,7 +179,13 @@ def _prepare_data(
     k)``, fold parser ``k`` (``train_folds``): the training trees outside fold ``k``; the
     relations of every training tree (one relation list for all the fold parsers, so that their
     relation distributions mix) and the words of fold ``k`` (text the parser will read) join its
-    vocabulary."""
+    vocabulary.
+
+    ``options.labeled_fraction`` (distill): the training sentences after the first fraction lose
+    their trees (``split_labeled_trees``; the returned source holds the labeled trees first, then
+    those sentences with ``has_tree=False``). ``unlabeled``: the ``--unlabeled`` text. Their
+    words, characters and UPOS join the vocabulary; the relations and the label scheme come from
+    the labeled trees only."""
     train_source, dev, test = _sources(options)
     extra: dict[str, Any] = {
         "data": {"train": train_source.name, "n_train_sentences": len(train_source)}
@@ -186,13 +202,19 @@ def _prepare_data(
             raise ValueError(f"train data {options.train!r} has no projective tree")
         train_source = DepSource(train_source.name + " (projective)", kept)
         extra["data"]["n_train_sentences"] = len(kept)
-    relations = tuple(sorted({r for s in train_source.sentences for r in s.relations}))
+    trees = train_source.sentences
+    fraction = getattr(options, "labeled_fraction", None)
+    if fraction is not None:
+        trees, rest = split_labeled_trees(train_source.sentences, fraction)
+        train_source = DepSource(train_source.name, [*trees, *rest])
+    relations = tuple(sorted({r for s in trees for r in s.relations}))
     if fold is not None:
         assignment, index = fold
         kept = [s for s in train_source.sentences if assignment.fold_of(s.words) != index]
         if not kept:
             raise ValueError(f"fold {index + 1} of {assignment.k} leaves no training tree")
         train_source = DepSource(train_source.name, kept)
+        trees = kept
         extra["data"]["fold"] = {
             "fold": index + 1,
             "folds": assignment.k,
@@ -200,9 +222,12 @@ def _prepare_data(
             "train_fingerprint": train_source.fingerprint,
         }
         extra["data"]["n_train_sentences"] = len(kept)
+    if fraction is not None or unlabeled is not None:
+        extra["data"]["labeled_fraction"] = fraction
+        extra["data"]["unlabeled"] = None if unlabeled is None else unlabeled.name
     vocabulary_text = [load_dep_source(spec, role="input") for spec in options.vocab_text]
     vocab = DepVocab.build(
-        train_source.sentences,
+        [*train_source.sentences, *(unlabeled.sentences if unlabeled is not None else [])],
         extra_words=[
             w
             for source in (dev, test, *vocabulary_text, DepSource("held out", held))
@@ -210,40 +235,70 @@ def _prepare_data(
             for s in source.sentences
             for w in s.words
         ],
+        relations=relations,
     )
-    if fold is not None:
-        vocab = dataclasses.replace(vocab, relations=relations)
     scheme = None
     if spec["kind"] == "student":
-        scheme = DepLabelScheme.from_sentences(train_source.sentences, encoding=spec["encoding"])
+        scheme = DepLabelScheme.from_sentences(trees, encoding=spec["encoding"])
         extra["label_coverage_dev"] = scheme.coverage(dev.sentences)
     return train_source, dev, test, vocab, scheme, extra
+
+
+class _TreeOrTextCollator:
+    """The collator of a training source that holds trees and unparsed sentences
+    (``has_tree=False``: the rest of ``--labeled-fraction``, ``--unlabeled`` text): a batch (of
+    one part, so all of one kind) of trees gets the gold trees and labels, a batch of text is
+    collated without reading any (``DepCollator(labeled=False)``)."""
+
+    def __init__(self, vocab: DepVocab, scheme: DepLabelScheme | None):
+        options = {"label_heads": False, "code_heads": False, "cache": True}
+        self.trees = DepCollator(vocab, scheme, labeled=True, **options)
+        self.text = DepCollator(vocab, scheme, labeled=False, **options)
+
+    def __call__(self, items: list[tuple[int, Any]]) -> Any:
+        kinds = {bool(getattr(sentence, "has_tree", True)) for _, sentence in items}
+        if len(kinds) != 1:
+            raise ValueError("a training batch mixes trees and unparsed sentences")
+        return (self.trees if kinds.pop() else self.text)(items)
 
 
 def _run(
     options: TrainOptions,
     command: str,
     model: torch.nn.Module,
-    train_source: DepSource,
+    sources: dict[str, DepSource],
     dev: DepSource,
     test: DepSource | None,
     readers: dict[str, Any],
     kd: KDSettings | None,
     extra: dict[str, Any],
 ) -> PreparedRun:
+    """The ``PreparedRun``; the training parts: the trees of ``sources["train"]`` (labeled), and
+    with KD its unparsed sentences and those of ``sources["unlabeled"]`` (unlabeled: KD only)."""
     scheme = scheme_of(model)
+    train = list(enumerate(sources["train"].sentences))
+    parts = [Part("train", [item for item in train if item[1].has_tree], labeled=True)]
+    if kd is not None:  # without KD, unparsed sentences teach nothing
+        rest = [item for item in train if not item[1].has_tree]
+        if rest:
+            parts.append(Part("train", rest, labeled=False))
+        if "unlabeled" in sources:
+            parts.append(
+                Part("unlabeled", list(enumerate(sources["unlabeled"].sentences)), labeled=False)
+            )
+    if command == "distill":  # the sentences trained on, with and without their trees
+        extra["data"]["n_labeled"] = sum(len(p.items) for p in parts if p.labeled)
+        extra["data"]["n_unlabeled"] = sum(len(p.items) for p in parts if not p.labeled)
     return PreparedRun(
         options=options,
         command=command,
         model=model,
         hooks=ParserHooks(arch=options.arch, dev=dev, test=test, options=options),
-        train_parts=[Part("train", list(enumerate(train_source.sentences)), labeled=True)],
+        train_parts=parts,
         dev_part=Part("dev", list(enumerate(dev.sentences)), labeled=True),
         collators={
             # cached: each epoch collates the same sentences again
-            "train": DepCollator(
-                model.vocab, scheme, labeled=True, label_heads=False, code_heads=False, cache=True
-            ),
+            **{key: _TreeOrTextCollator(model.vocab, scheme) for key in sources},
             "dev": DepCollator(
                 model.vocab,
                 scheme,
@@ -273,7 +328,7 @@ def prepare_train(
     train_source, dev, test, vocab, scheme, extra = _prepare_data(options, spec, config, fold)
     seed(options.seed)
     model = build_model(options.arch, config, vocab, scheme)
-    return _run(options, "train", model, train_source, dev, test, {}, None, extra)
+    return _run(options, "train", model, {"train": train_source}, dev, test, {}, None, extra)
 
 
 def train_folds(options: TrainOptions) -> dict[str, Any]:
@@ -305,15 +360,66 @@ def train_folds(options: TrainOptions) -> dict[str, Any]:
     return fit_folds(options, keys, prepare_fold, score, data={"train": train_source.name})
 
 
+def _teacher_entry(
+    options: DistillOptions,
+    teacher: str,
+    fold_model: FoldModel | None,
+    source: DepSource,
+    scheme: DepLabelScheme,
+    targets_mode: str,
+) -> tuple[Any, dict[str, Any]]:
+    """The cache entry (or a fold teacher's ``FoldEntries``) of ``teacher``'s label
+    distributions on ``source``, built if missing, and its ``metrics.json`` record."""
+    device = inference_device(options.accelerator)
+    if fold_model is not None:
+        fold_entries, caches = fold_target_entries(
+            fold_model,
+            source,
+            scheme,
+            method=options.method,
+            temperature=options.temperature,
+            cache_dir=cache_dir(options.cache_dir),
+            out_of_fold=targets_mode == "out-of-fold",
+            device=device,
+            batch_size=options.eval_batch_size,
+            plan=ShardPlan.from_environment(),
+        )
+        return fold_entries, {
+            "teacher": os.fspath(teacher),
+            "folds": fold_model.k,
+            "caches": caches,
+            "mean_lost_mass": given_lost_mass(fold_entries, source.lengths),
+        }
+    directory, built = ensure_dep_targets(
+        teacher,
+        source,
+        scheme,
+        method=options.method,
+        temperature=options.temperature,
+        cache_dir=cache_dir(options.cache_dir),
+        device=device,
+        batch_size=options.eval_batch_size,
+        plan=ShardPlan.from_environment(),  # torchrun ranks share the shards
+    )
+    assert directory is not None  # the plan finishes the entry
+    return directory, {
+        "teacher": os.fspath(teacher),
+        "cache": os.fspath(directory),
+        "built": built,
+        "mean_lost_mass": read_meta(directory)["mean_lost_mass"],
+    }
+
+
 def prepare_distill(options: DistillOptions) -> PreparedRun:
     """A sequence-labeling student from one parser teacher or an ensemble. Teacher label
     distributions are computed once per (teacher, data, labels, method, temperature) and cached;
     ``metrics.json`` records the mass each teacher put on heads the student's labels cannot
-    express (``teacher_lost_mass``). A fold teacher (``train --folds``) gives each training
-    sentence of its fold parsers the targets of the one that did not see it (``out-of-fold``,
-    its default) or the mixture of the K (``in-fold``), any other sentence the mixture
-    (``structkd.tasks.dep.folds.fold_target_entries``); ``metrics.json`` records
-    ``teacher_targets``."""
+    express (``teacher_lost_mass``, on the training sentences). A fold teacher (``train
+    --folds``) gives each training sentence of its fold parsers the targets of the one that did
+    not see it (``out-of-fold``, its default) or the mixture of the K (``in-fold``), any other
+    sentence the mixture (``structkd.tasks.dep.folds.fold_target_entries``); ``metrics.json``
+    records ``teacher_targets``. ``labeled_fraction`` and ``unlabeled``: unparsed training
+    sentences and text that get the KD term only (the module docstring)."""
     spec = architecture(options.arch)
     if spec["kind"] != "student":
         raise ValueError(f"distill trains a student-dep-* architecture; got {options.arch!r}")
@@ -321,8 +427,16 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
     fold_models = read_fold_teachers(options.teachers, task=TASK)
     targets_mode = teacher_targets(options, fold_models)
     config = model_config(options.arch, options.arch_overrides)
-    train_source, dev, test, vocab, scheme, extra = _prepare_data(options, spec, config)
+    unlabeled = None
+    if options.unlabeled is not None:
+        unlabeled = load_dep_text(options.unlabeled, role="unlabeled")
+    train_source, dev, test, vocab, scheme, extra = _prepare_data(
+        options, spec, config, unlabeled=unlabeled
+    )
     assert scheme is not None
+    sources = {"train": train_source}
+    if unlabeled is not None:
+        sources["unlabeled"] = unlabeled
     readers: dict[str, Any] = {}
     kd = KDSettings.of(options)
     if kd is not None:
@@ -330,54 +444,21 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
         if len(raw) != len(options.teachers) or any(w < 0 for w in raw) or not sum(raw):
             raise ValueError("--teacher-weights: one non-negative weight per teacher, not all 0")
         weights = check_weights(torch.tensor(raw, dtype=torch.float64) / sum(raw), len(raw))
-        device = inference_device(options.accelerator)
-        entries: list[Any] = []
         report = []
+        entries: dict[str, list[Any]] = {key: [] for key in sources}
         for teacher, fold_model in zip(options.teachers, fold_models, strict=True):
-            if fold_model is not None:
-                fold_entries, caches = fold_target_entries(
-                    fold_model,
-                    train_source,
-                    scheme,
-                    method=options.method,
-                    temperature=options.temperature,
-                    cache_dir=cache_dir(options.cache_dir),
-                    out_of_fold=targets_mode == "out-of-fold",
-                    device=device,
-                    batch_size=options.eval_batch_size,
-                    plan=ShardPlan.from_environment(),
-                )
-                entries.append(fold_entries)
-                report.append(
-                    {
-                        "teacher": os.fspath(teacher),
-                        "folds": fold_model.k,
-                        "caches": caches,
-                        "mean_lost_mass": given_lost_mass(fold_entries, train_source.lengths),
-                    }
-                )
-                continue
-            directory, built = ensure_dep_targets(
-                teacher,
-                train_source,
-                scheme,
-                method=options.method,
-                temperature=options.temperature,
-                cache_dir=cache_dir(options.cache_dir),
-                device=device,
-                plan=ShardPlan.from_environment(),  # torchrun ranks share the shards
-            )
-            assert directory is not None  # the plan finishes the entry
-            entries.append(directory)
-            report.append(
-                {
-                    "teacher": os.fspath(teacher),
-                    "cache": os.fspath(directory),
-                    "built": built,
-                    "mean_lost_mass": read_meta(directory)["mean_lost_mass"],
-                }
-            )
-        readers["train"] = DepTargetReader(entries, weights.float())
+            found = {
+                key: _teacher_entry(options, teacher, fold_model, source, scheme, targets_mode)
+                for key, source in sources.items()
+            }
+            for key, (entry, _) in found.items():
+                entries[key].append(entry)
+            record = found["train"][1]
+            if unlabeled is not None:
+                record["unlabeled"] = found["unlabeled"][1]
+            report.append(record)
+        for key in sources:
+            readers[key] = DepTargetReader(entries[key], weights.float())
         extra["distillation"] = {
             "method": options.method,
             "temperature": options.temperature,
@@ -396,4 +477,4 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
         )
     seed(options.seed)
     model = build_model(options.arch, config, vocab, scheme)
-    return _run(options, "distill", model, train_source, dev, test, readers, kd, extra)
+    return _run(options, "distill", model, sources, dev, test, readers, kd, extra)
