@@ -31,7 +31,7 @@ student trains on the labeled trees only.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +43,7 @@ from structkd.data.dep_encodings import DepLabelScheme
 from structkd.distill.bridges import check_weights
 from structkd.models.parser import PROJECTIVE_MODES
 from structkd.tasks.dep.data import DepSource, load_dep_source, load_dep_text
+from structkd.tasks.dep.diagnostics import dep_target_diagnostics
 from structkd.tasks.dep.evaluation import batch_counts, evaluate_dep_model
 from structkd.tasks.dep.folds import fold_target_entries, given_lost_mass, score_mixture
 from structkd.tasks.dep.metrics import attachment_scores
@@ -57,6 +58,7 @@ from structkd.tasks.dep.model import (
 )
 from structkd.tasks.dep.targets import DepTargetReader, DepTargets, dep_kd_loss, ensure_dep_targets
 from structkd.train.data import Part
+from structkd.train.diagnostics import part_diagnostics, seen_by_folds
 from structkd.train.fit import PreparedRun
 from structkd.train.folds import (
     FoldAssignment,
@@ -419,7 +421,9 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
     not see it (``out-of-fold``, its default) or the mixture of the K (``in-fold``), any other
     sentence the mixture (``structkd.tasks.dep.folds.fold_target_entries``); ``metrics.json``
     records ``teacher_targets``. ``labeled_fraction`` and ``unlabeled``: unparsed training
-    sentences and text that get the KD term only (the module docstring)."""
+    sentences and text that get the KD term only (the module docstring). With KD,
+    ``metrics.json`` also records ``target_diagnostics`` per training part
+    (``structkd.tasks.dep.diagnostics``; split by target kind with a fold teacher)."""
     spec = architecture(options.arch)
     if spec["kind"] != "student":
         raise ValueError(f"distill trains a student-dep-* architecture; got {options.arch!r}")
@@ -477,4 +481,30 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
         )
     seed(options.seed)
     model = build_model(options.arch, config, vocab, scheme)
-    return _run(options, "distill", model, sources, dev, test, readers, kd, extra)
+    run = _run(options, "distill", model, sources, dev, test, readers, kd, extra)
+    if kd is not None:
+        seen = None
+        if any(fold is not None for fold in fold_models):
+            seen = {
+                key: seen_by_folds((s.words for s in source.sentences), fold_models)
+                for key, source in sources.items()
+            }
+        run.extra["target_diagnostics"] = _diagnostics(run, seen, targets_mode)
+    return run
+
+
+def _diagnostics(
+    run: PreparedRun, seen: dict[str, Any] | None = None, mode: str = "in-fold"
+) -> dict[str, Any]:
+    """``target_diagnostics`` of every training part (``structkd.tasks.dep.diagnostics``), split
+    by target kind with a fold teacher (``structkd.train.diagnostics.part_diagnostics``)."""
+
+    def diagnose(part: Part, items: Sequence[tuple[int, Any]]) -> dict[str, Any]:
+        return dep_target_diagnostics(
+            items,
+            run.collators[part.source],
+            run.target_readers[part.source],
+            labeled=part.labeled,
+        )
+
+    return part_diagnostics(run.train_parts, diagnose, seen, mode)

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,6 +34,7 @@ from structkd.tasks.ner.model import (
 )
 from structkd.tasks.ner.targets import KDTargets, TargetReader, TargetSpec, ensure_targets
 from structkd.train.data import Part
+from structkd.train.diagnostics import part_diagnostics, seen_by_folds
 from structkd.train.fit import PreparedRun
 from structkd.train.folds import (
     FoldAssignment,
@@ -516,51 +516,27 @@ def prepare_distill(options: DistillOptions) -> PreparedRun:
     if kd is not None:
         seen = None
         if any(model is not None for model in fold_models):
-            seen = {key: _seen_by_folds(s.sentences, fold_models) for key, s in sources.items()}
+            seen = {
+                key: seen_by_folds((s.tokens for s in source.sentences), fold_models)
+                for key, source in sources.items()
+            }
         run.extra["target_diagnostics"] = _diagnostics(run, kd, seen, targets_mode)
     return run
-
-
-def _seen_by_folds(sentences: Sequence[Any], fold_models: Sequence[FoldModel | None]) -> Any:
-    """``[n]`` bool: whether a fold teacher trained on each sentence (some of its taggers)."""
-    seen = np.zeros(len(sentences), dtype=bool)
-    for model in fold_models:
-        if model is not None:
-            seen |= model.assignment.fold_index(s.tokens for s in sentences) >= 0
-    return seen
 
 
 def _diagnostics(
     run: PreparedRun, kd: KDSettings, seen: dict[str, Any] | None = None, mode: str = "in-fold"
 ) -> dict[str, Any]:
-    """``target_diagnostics`` of every training part (see ``structkd.tasks.ner.diagnostics``);
-    with a fold teacher (``seen``: per source, whether its fold taggers trained on each
-    sentence), also ``by_targets``: the diagnostics of the part's sentences a fold teacher
-    trained on (``"out-of-fold"`` or ``"in-fold"`` targets, ``mode``) and of the others
-    (``"unseen"``: the mixture in either mode)."""
-    found = {}
-    for part in run.train_parts:
-        name = f"{part.source} ({'labeled' if part.labeled else 'unlabeled'})"
+    """``target_diagnostics`` of every training part (see ``structkd.tasks.ner.diagnostics``),
+    split by target kind with a fold teacher (``structkd.train.diagnostics.part_diagnostics``)."""
 
-        def diagnose(items: Sequence[tuple[int, Any]], part: Part = part) -> Any:
-            return target_diagnostics(
-                items,
-                run.collators[part.source],
-                run.target_readers[part.source],
-                labeled=part.labeled,
-                temperature=float(kd.temperature),
-            )
+    def diagnose(part: Part, items: Sequence[tuple[int, Any]]) -> Any:
+        return target_diagnostics(
+            items,
+            run.collators[part.source],
+            run.target_readers[part.source],
+            labeled=part.labeled,
+            temperature=float(kd.temperature),
+        )
 
-        found[name] = diagnose(part.items)
-        if seen is not None and found[name] is not None:
-            flags = seen[part.source]
-            groups = {
-                mode: [item for item in part.items if flags[item[0]]],
-                "unseen": [item for item in part.items if not flags[item[0]]],
-            }
-            found[name]["by_targets"] = {
-                group: {"n_sentences": len(items), **(diagnose(items) or {})}
-                for group, items in groups.items()
-                if items
-            }
-    return found
+    return part_diagnostics(run.train_parts, diagnose, seen, mode)
