@@ -33,6 +33,8 @@ The config is TOML (see ``experiments/ner.toml``)::
     "1a" = { teacher = "crf", student = "crf" }   # use teachers crf, softmax, span and students
                                                   # crf, softmax, crf-unconstrained); required
                                                   # for a task without (dep)
+    "1a-ens" = { teacher = ["crf", "crf2"], student = "crf" }   # an ensemble: the student
+                                                  # distills from the mixture of the teachers
 
     [[grid]]                   # one or more blocks; the grid is the union of their products
     cases = ["1a", "2a"]
@@ -120,18 +122,26 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Case:
-    """A distillation scenario: which teacher and which student (names of the config's tables)."""
+    """A distillation scenario: which teachers and which student (names of the config's tables).
+
+    One teacher, or an ensemble: a student of a case with several ``teachers`` distills from
+    their mixture (``structkd distill --teacher A --teacher B``, equal weights)."""
 
     name: str
-    teacher: str
+    teachers: tuple[str, ...]
     student: str
     description: str = ""
+
+    @property
+    def teacher(self) -> str:
+        """The teachers' names joined by ``+`` (the one name for a single teacher)."""
+        return "+".join(self.teachers)
 
 
 def builtin_cases(task: Task) -> dict[str, Case]:
     """The built-in cases of ``task`` (``Task.cases``) as ``Case`` objects, by name."""
     return {
-        name: Case(name, spec.teacher, spec.student, spec.description)
+        name: Case(name, (spec.teacher,), spec.student, spec.description)
         for name, spec in task.cases.items()
     }
 
@@ -468,11 +478,26 @@ def _cases(raw: Mapping[str, Any], source: str, task: Task) -> dict[str, Case]:
         _unknown_keys(entry, ("teacher", "student", "description"), where, source)
         cases[case_name] = Case(
             case_name,
-            _string(entry, "teacher", where, source, None),
+            _case_teachers(entry, where, source),
             _string(entry, "student", where, source, None),
             entry.get("description", ""),
         )
     return cases
+
+
+def _case_teachers(entry: Mapping[str, Any], where: str, source: str) -> tuple[str, ...]:
+    """A case's ``teacher``: one name, or a list of two or more distinct names (an ensemble)."""
+    value = entry.get("teacher")
+    if not isinstance(value, list):
+        return (_string(entry, "teacher", where, source, None),)
+    key = f"{where}.teacher"
+    if len(value) < 2:
+        raise _fail(source, key, f"an ensemble needs at least two teachers; got {value!r}")
+    if not all(isinstance(name, str) and name.strip() for name in value):
+        raise _fail(source, key, f"must be a list of non-empty strings; got {value!r}")
+    if len(set(value)) != len(value):
+        raise _fail(source, key, f"names a teacher twice: {value!r}")
+    return tuple(value)
 
 
 def _check_case_models(
@@ -487,7 +512,7 @@ def _check_case_models(
         for case_name in block.cases:
             case = cases[case_name]
             for role, name, models in (
-                ("teacher", case.teacher, teachers),
+                *(("teacher", teacher, teachers) for teacher in case.teachers),
                 ("student", case.student, students),
             ):
                 if name not in models:

@@ -154,9 +154,9 @@ def _resolved(config: ExperimentConfig, spec: ModelSpec, extra: Mapping[str, Any
     return options
 
 
-def _teacher_run(config: ExperimentConfig, point: GridPoint) -> RunSpec:
-    case = config.cases[point.case]
-    spec = config.teachers[case.teacher]
+def _teacher_run(config: ExperimentConfig, point: GridPoint, name: str) -> RunSpec:
+    """The run of the teacher ``name`` (a ``[teachers]`` table) that ``point`` reads."""
+    spec = config.teachers[name]
     first_seed = min(seed for block in config.grid for seed in block.seeds)
     if config.teacher_seeds == "per-seed":
         seed = point.seed
@@ -172,7 +172,9 @@ def _teacher_run(config: ExperimentConfig, point: GridPoint) -> RunSpec:
     return RunSpec(run_id, "teacher", label, options)
 
 
-def _student_run(config: ExperimentConfig, point: GridPoint, teacher: RunSpec) -> RunSpec:
+def _student_run(
+    config: ExperimentConfig, point: GridPoint, teachers: Sequence[RunSpec]
+) -> RunSpec:
     case = config.cases[point.case]
     spec = config.students[case.student]
     extra: dict[str, Any] = {
@@ -185,7 +187,7 @@ def _student_run(config: ExperimentConfig, point: GridPoint, teacher: RunSpec) -
     uses_teacher = kd_method(point.method).uses_teacher
     if uses_teacher:
         extra.update(temperature=point.temperature, temperature_mode=point.temperature_mode)
-        teacher_ids = (teacher.run_id,)
+        teacher_ids = tuple(teacher.run_id for teacher in teachers)
         if config.unlabeled is not None:
             extra["unlabeled"] = config.unlabeled
     options = _resolved(config, spec, extra)
@@ -204,11 +206,12 @@ def plan_experiment(config: ExperimentConfig) -> Plan:
     """The runs of the grid (each once, teachers first when needed) and the rows they produce.
 
     A student's row labels: ``task``, ``dataset``, ``experiment``, ``case``, ``teacher`` and
-    ``student`` (architectures), ``method``, ``temperature``, ``temperature_mode`` (``None`` for
-    ``none``), ``labeled_fraction``, ``seed``, and each of ``VARIANT_OPTIONS`` (``kd_schedule``,
-    ``teacher_targets``) that a KD student sets to other than its default. A teacher's: the
+    ``student`` (architectures; an ensemble's teachers joined by ``+``), ``method``,
+    ``temperature``, ``temperature_mode`` (``None`` for ``none``), ``labeled_fraction``,
+    ``seed``, and each of ``VARIANT_OPTIONS`` (``kd_schedule``, ``teacher_targets``) that a KD
+    student sets to other than its default. A teacher's: the
     same with ``method = "teacher"``, ``student`` = the teacher's architecture, one set per case
-    that uses it.
+    that uses it (each teacher of an ensemble has its own rows).
     """
     runs: dict[str, RunSpec] = {}
     rows: dict[str, dict[str, dict[str, Any]]] = {}
@@ -219,30 +222,33 @@ def plan_experiment(config: ExperimentConfig) -> Plan:
 
     for point in expand_grid(config):
         case = config.cases[point.case]
-        teacher = _teacher_run(config, point)
-        teacher_arch = config.teachers[case.teacher].arch
-        student = _student_run(config, point, teacher)
-        common = {
-            "task": config.task,
-            "dataset": config.dataset,
-            "experiment": config.name,
-            "case": point.case,
-            "teacher": teacher_arch,
-            "labeled_fraction": point.labeled_fraction,
-        }
-        add(
-            teacher,
-            {
-                **common,
-                "student": teacher_arch,
-                "method": "teacher",
-                "temperature": None,
-                "temperature_mode": None,
-                "seed": teacher.options["seed"],
-            },
-        )
+        teachers = [_teacher_run(config, point, name) for name in case.teachers]
+        student = _student_run(config, point, teachers)
+
+        def common(teacher_label: str, point: GridPoint = point) -> dict[str, Any]:
+            return {
+                "task": config.task,
+                "dataset": config.dataset,
+                "experiment": config.name,
+                "case": point.case,
+                "teacher": teacher_label,
+                "labeled_fraction": point.labeled_fraction,
+            }
+
+        for teacher in teachers:
+            add(
+                teacher,
+                {
+                    **common(teacher.options["arch"]),
+                    "student": teacher.options["arch"],
+                    "method": "teacher",
+                    "temperature": None,
+                    "temperature_mode": None,
+                    "seed": teacher.options["seed"],
+                },
+            )
         labels = {
-            **common,
+            **common("+".join(teacher.options["arch"] for teacher in teachers)),
             "student": config.students[case.student].arch,
             "method": point.method,
             "temperature": point.temperature,

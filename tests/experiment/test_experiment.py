@@ -992,9 +992,9 @@ def test_teacher_targets_label_their_rows_and_the_report_keeps_them_apart() -> N
     plan = plan_experiment(load_config(config))
     labels = [label for rows in plan.rows.values() for label in rows]
     targets = [label.get("teacher_targets") for label in labels]
-    assert targets.count("out-of-fold") == targets.count("in-fold") == 6
+    assert targets.count("out-of-fold") == 9 and targets.count("in-fold") == 6
     assert all(label.get("teacher_targets") is None for label in labels if label["case"] == "1a")
-    assert len(plan.runs) == 23
+    assert len(plan.runs) == 38  # 2 teachers, 3 no-KD, 33 KD students
     folds = [run for run in plan.runs if run.options.get("folds") == 5]
     assert len(folds) == 1
     rows = [
@@ -1005,8 +1005,11 @@ def test_teacher_targets_label_their_rows_and_the_report_keeps_them_apart() -> N
     variants = sorted((summary.case, summary.variant or "") for summary in summarize(rows))
     assert variants == [
         ("1a", ""),
+        ("1a", "constant λ"),
+        ("1a", "reference λ"),
         ("1a-folds", "in-fold targets"),
         ("1a-folds", "out-of-fold targets"),
+        ("1a-folds", "reference λ, out-of-fold targets"),
     ]
 
 
@@ -1027,3 +1030,90 @@ def test_unlabeled_text_reaches_kd_students_and_teacher_vocabularies(tmp_path: P
     dep["data"]["unlabeled"] = "text.conllu"
     dep["grid"][0].update(labeled_fractions=[1.0, 0.1])
     assert parse_config(dep).unlabeled == "text.conllu"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ensembles: a case with several teachers
+
+
+def ensemble_config(tmp_path: Path) -> dict[str, Any]:
+    raw = dep_config(tmp_path)
+    raw["cases"]["1b-ens"] = {"teacher": ["head-selection", "matrix-tree"], "student": "offset"}
+    raw["grid"].append({"cases": ["1b-ens"], "methods": ["none", "struct"], "seeds": [1, 2]})
+    return raw
+
+
+def test_an_ensemble_case_distills_from_every_teacher(tmp_path: Path, monkeypatch) -> None:
+    """A case whose ``teacher`` is a list: the teachers are the single-teacher cases' runs (same
+    ids), the student reads all of them in order and its rows name both architectures; each
+    teacher has rows of its own in the ensemble's case; the training layer gets one model
+    directory per teacher (``--teacher`` twice)."""
+    from structkd import api
+    from structkd.experiment import TrainingLayerRun, write_report
+
+    single = plan_experiment(parse_config(dep_config(tmp_path)))
+    config = parse_config(ensemble_config(tmp_path))
+    plan = plan_experiment(config)
+    teachers = {run.options["arch"]: run for run in plan.runs if run.kind == "teacher"}
+    assert {run.run_id for run in teachers.values()} == {
+        run.run_id for run in single.runs if run.kind == "teacher"
+    }
+    ensemble = [run for run in plan.runs if "from-head-selection+matrix-tree" in run.label]
+    assert [run.options["seed"] for run in ensemble] == [1, 2]
+    hs, mtt = teachers["parser-head-selection"], teachers["parser-matrix-tree"]
+    for run in ensemble:
+        assert run.teacher_ids == (hs.run_id, mtt.run_id)
+        (labels,) = plan.rows[run.run_id]
+        assert labels["case"] == "1b-ens" and labels["method"] == "struct"
+        assert labels["teacher"] == "parser-head-selection+parser-matrix-tree"
+    for teacher in (hs, mtt):
+        cases = {labels["case"]: labels for labels in plan.rows[teacher.run_id]}
+        assert "1b-ens" in cases and cases["1b-ens"]["teacher"] == teacher.options["arch"]
+    # the no-KD students are shared with the single-teacher offset cases
+    assert sum(run.kind == "student" for run in plan.runs) == (
+        sum(run.kind == "student" for run in single.runs) + 2
+    )
+
+    passed: list[Any] = []
+
+    def fake_training(options):
+        passed.append(options)
+        score = {"uas": 0.5, "las": 0.4, "well_formed_rate": 1.0, "sentences_per_second": 1.0}
+        return {"dev": score, "test": score}
+
+    monkeypatch.setattr(api, "train", fake_training)
+    monkeypatch.setattr(api, "distill", fake_training)
+    run_experiment(config, TrainingLayerRun(config.cache_dir), log=lambda m: None, command="c")
+    by_seed = {o.seed: o for o in passed if len(getattr(o, "teachers", None) or ()) == 2}
+    assert sorted(by_seed) == [1, 2]
+    for options in by_seed.values():
+        assert [Path(path).parent.name for path in options.teachers] == [
+            hs.directory(config).name,
+            mtt.directory(config).name,
+        ]
+    command = (ensemble[0].directory(config) / "command.sh").read_text(encoding="utf-8")
+    assert command.count("--teacher ") == 2
+    rows = result_lines(config.results_path)
+    assert {r["teacher"] for r in rows if r["case"] == "1b-ens" and r["method"] == "struct"} == {
+        "parser-head-selection+parser-matrix-tree"
+    }
+    report, _ = write_report(config.results_path, config.report_path)
+    text = report.read_text(encoding="utf-8")
+    assert "parser-head-selection+parser-matrix-tree -> student-dep-offset" in text
+
+
+@pytest.mark.parametrize(
+    ("teacher", "message"),
+    [
+        (["matrix-tree"], "cases.1b-ens.teacher: an ensemble needs at least two teachers"),
+        (["matrix-tree", "matrix-tree"], "cases.1b-ens.teacher: names a teacher twice"),
+        (["matrix-tree", 3], "cases.1b-ens.teacher: must be a list of non-empty strings"),
+        (["matrix-tree", "mean-field"], "case '1b-ens' needs the teacher 'mean-field'"),
+    ],
+)
+def test_invalid_ensembles_name_the_key(tmp_path: Path, teacher, message: str) -> None:
+    raw = ensemble_config(tmp_path)
+    raw["cases"]["1b-ens"]["teacher"] = teacher
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw)
+    assert message in str(error.value)
