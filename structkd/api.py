@@ -141,7 +141,9 @@ def read_inputs(
     """What ``predict`` labels, read from ``input`` (a file, ``"-"`` for standard input, or a
     registered data set name such as ``"conll03-en:test"``): a list of raw texts (``str``, each
     tokenized and split into sentences by syntok) or of pre-tokenized sentences
-    (``TokenizedSentence``), one document each, in input order.
+    (``TokenizedSentence``), one output document each, in input order. A sentence read from a
+    column file or tokenized text records its ``document`` there, so that a tagger reading
+    document context (``teacher-crf-context``) reads it with the sentences of that document.
 
     ``input_format``: ``"raw"`` (each non-blank line is one text), ``"tokens"`` (one sentence per
     line, tokens separated by spaces or tabs), ``"conll"`` (a CoNLL column file: the word is the
@@ -224,8 +226,10 @@ def _read_file(path: str, input_format: str) -> list[str | TokenizedSentence]:
         trees = read_conllu(path, single_root=False, require_trees=False)
         return [_tokenized(tree.words, tree.upos) for tree in trees]
     if chosen == "conll":
-        return [_tokenized(sentence.tokens) for sentence in read_conll(path, labeled=False)]
-    return [_tokenized(sentence.tokens) for sentence in read_tokenized(path)]
+        sentences = read_conll(path, labeled=False)
+    else:
+        sentences = read_tokenized(path)
+    return [_tokenized(sentence.tokens, document=sentence.document) for sentence in sentences]
 
 
 def _record_input(spec: str, record: Any) -> TokenizedSentence:
@@ -234,7 +238,7 @@ def _record_input(spec: str, record: Any) -> TokenizedSentence:
     from structkd.data.conll import Sentence
 
     if isinstance(record, Sentence):
-        return _tokenized(record.tokens)
+        return _tokenized(record.tokens, document=record.document)
     from structkd.data.conllu_io import DepSentence
 
     if isinstance(record, DepSentence):
@@ -242,9 +246,12 @@ def _record_input(spec: str, record: Any) -> TokenizedSentence:
     raise ValueError(f"data set {spec!r} holds {type(record).__name__} records, not sentences")
 
 
-def _tokenized(tokens: Sequence[str], upos: Sequence[str] | None = None) -> TokenizedSentence:
+def _tokenized(
+    tokens: Sequence[str], upos: Sequence[str] | None = None, document: int | None = None
+) -> TokenizedSentence:
     """A pre-tokenized sentence as the text of its tokens joined by single spaces (the text a
-    ``Document`` of it has), each token's offsets into it; ``upos`` unless it is all ``_``."""
+    ``Document`` of it has), each token's offsets into it; ``upos`` unless it is all ``_``;
+    ``document``: its document in the input file (context for a model that reads it)."""
     starts, position = [], 0
     for token in tokens:
         starts.append(position)
@@ -257,6 +264,7 @@ def _tokenized(tokens: Sequence[str], upos: Sequence[str] | None = None) -> Toke
         starts=tuple(starts),
         ends=ends,
         upos=None if upos is None else tuple(upos),
+        document=document,
     )
 
 

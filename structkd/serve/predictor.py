@@ -98,7 +98,10 @@ class Predictor(ABC):
     def predict_documents(
         self, texts: Sequence[Any], *, split_sentences: bool = True
     ) -> list[Document]:
-        """``predict`` on a list (see there)."""
+        """``predict`` on a list (see there). A model that reads document context reads each
+        raw text as one document, and the ``TokenizedSentence`` items that share a
+        ``document`` number (those read from one file's document) as one document; any other
+        item is a document of its own. Each item is still one ``Document`` of the result."""
         documents: list[tuple[str, list[TokenizedSentence]]] = []
         for index, item in enumerate(texts):
             if isinstance(item, str):
@@ -117,7 +120,7 @@ class Predictor(ABC):
                     f"got {type(item).__name__}"
                 )
         flat = [sentence for _, sentences in documents for sentence in sentences]
-        document_of = [number for number, (_, s) in enumerate(documents) for _ in s]
+        document_of = _context_documents(texts, documents)
         results = self.label_sentences(flat, documents=document_of)
         out, position = [], 0
         for text, sentences in documents:
@@ -177,3 +180,20 @@ def _joined(sentences: Sequence[TokenizedSentence]) -> TokenizedSentence:
         starts=tuple(start for sentence in sentences for start in sentence.starts),
         ends=tuple(end for sentence in sentences for end in sentence.ends),
     )
+
+
+def _context_documents(
+    items: Sequence[Any], documents: Sequence[tuple[str, Sequence[TokenizedSentence]]]
+) -> list[int]:
+    """The context document of each sentence of ``documents`` (the items of ``predict``, split
+    into sentences), numbered from 0 in order of first appearance: the ``document`` of a
+    ``TokenizedSentence`` item that has one (items sharing it read each other), else the item's
+    own."""
+    numbers: dict[tuple[str, int], int] = {}
+    of_sentence = []
+    for index, (item, (_, sentences)) in enumerate(zip(items, documents, strict=True)):
+        document = item.document if isinstance(item, TokenizedSentence) else None
+        key = ("item", index) if document is None else ("document", document)
+        number = numbers.setdefault(key, len(numbers))
+        of_sentence.extend(number for _ in sentences)
+    return of_sentence

@@ -25,12 +25,16 @@ __all__ = ["TokenizedSentence", "from_tokens", "split_text"]
 class TokenizedSentence:
     """One sentence: its tokens and each token's ``[start, end)`` character offsets into the
     text it came from; ``upos``: the universal PoS tag of each token where the input gave them
-    (CoNLL-U), which a parser reads."""
+    (CoNLL-U), which a parser reads; ``document``: the document of the input file it was read
+    from (``structkd.data.conll``: runs between ``-DOCSTART-`` lines in a column file, between
+    blank lines in tokenized text), whose sentences a model reading document context reads
+    together, or ``None`` (a document of its own)."""
 
     tokens: tuple[str, ...]
     starts: tuple[int, ...]
     ends: tuple[int, ...]
     upos: tuple[str, ...] | None = None
+    document: int | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -180,3 +180,38 @@ def test_predictor_reads_each_text_as_one_document(tmp_path) -> None:
     assert [r.tags for r in predictor.label_sentences(flat)] == [
         r.tags for r in predictor.label_sentences(flat, documents=[0, 1, 2])
     ]
+
+
+def test_column_and_tokenized_input_keep_their_documents(tmp_path) -> None:
+    """``predict`` on a CoNLL file (or tokenized text) reads each sentence with the sentences of
+    its ``-DOCSTART-`` document (blank-line runs in tokenized text), as training did; each
+    sentence is still one output document."""
+    import structkd
+    from structkd.api import read_inputs
+
+    model = _untrained_model(tmp_path / "context", "teacher-crf-context")
+    predictor = structkd.load(model)
+    conll = write_documents(tmp_path / "docs.conll", DOCUMENTS)
+    tokens = tmp_path / "docs.txt"
+    tokens.write_text("\n\n".join("\n".join(d) for d in DOCUMENTS) + "\n", encoding="utf-8")
+    for path, input_format in ((conll, "conll"), (tokens, "tokens")):
+        items = read_inputs(path, input_format)
+        assert [item.document for item in items] == [0, 0, 1, 1, 2]
+        documents = predictor.predict_documents(items)
+        assert len(documents) == len(items)
+        scores = [[t.tag_score for t in d.tokens] for d in documents]
+        expected = predictor.label_sentences(items, documents=[0, 0, 1, 1, 2])
+        for got, want in zip(scores, expected, strict=True):
+            assert got == pytest.approx(list(want.tag_scores), abs=1e-6)
+        alone = predictor.label_sentences(items)  # each sentence its own document
+        assert any(
+            abs(a - b) > 1e-6
+            for got, other in zip(scores, alone, strict=True)
+            for a, b in zip(got, other.tag_scores, strict=True)
+        )
+    # items from two calls that share document numbers are read together; other items alone
+    items = read_inputs(conll, "conll")
+    mixed = predictor.predict_documents(["Peter Blackburn reports .", *items[:2]])
+    scores = [t.tag_score for d in mixed[1:] for t in d.tokens]
+    expected = predictor.label_sentences(items[:2], documents=[0, 0])
+    assert scores == pytest.approx([s for r in expected for s in r.tag_scores], abs=1e-6)
