@@ -5,7 +5,7 @@ page that spans several of them (tier 1 and tier 2 of a task) reads their union.
 files share (the same run, case and split: a run two configs of one output directory both list)
 is kept once, from the first file that has it.
 
-    python experiments/collect.py results/ner.jsonl docs/results-ner-tables.md \\
+    python experiments/collect.py /tmp/ner.jsonl /tmp/ner-tables.md \\
         results/ner-tier1.jsonl results/ner-semi.jsonl results/ner-semi-tier2.jsonl
 
 Writes the merged file and the report (markdown and a PNG beside it); prints how many lines each
