@@ -296,7 +296,9 @@ def fold_target_entries(
 class FoldNerPredictor(NerPredictor):
     """A fold-teacher directory served with torch: the mixture of its fold taggers (see the
     module docstring): the tags of ``chain_decode``, each tag's mixture marginal, the entities
-    of the decoded tags with their exact probability under the mixture."""
+    of the decoded tags with their exact probability under the mixture. Fold taggers with
+    document context (``transformer_context``) read the sentences of one input document
+    together, as ``TorchNerPredictor`` does."""
 
     backend = "torch"
 
@@ -315,14 +317,49 @@ class FoldNerPredictor(NerPredictor):
         self.device = device
         self.mixture, infos = _load(read_fold_model(model_dir, task=TASK), device)
         self.collator = _collator(self.mixture, infos, device)
+        self.context_size = max(info.config.transformer_context for info in infos)
         self.types = tuple(infos[0].types)
         self.tag_names = tuple(label_names(self.types, scheme))
+
+    def label_sentences(
+        self, sentences: Sequence[TokenizedSentence], documents: Sequence[int] | None = None
+    ) -> list[NerLabels]:
+        """``label_batch`` over length-sorted batches; fold taggers with document context read
+        each sentence with the sentences of its document (``documents``: the input document of
+        each sentence; ``None``: each sentence alone)."""
+        if self.context_size == 0 or documents is None or not sentences:
+            return super().label_sentences(sentences)
+        from structkd.data.documents import DocumentContext
+        from structkd.serve.predictor import length_sorted_batches
+
+        if len(documents) != len(sentences):
+            raise ValueError(
+                f"documents must name one document per sentence; got {len(documents)} for "
+                f"{len(sentences)} sentences"
+            )
+        records = [
+            Sentence(list(s.tokens), document=int(d))
+            for s, d in zip(sentences, documents, strict=True)
+        ]
+        context = DocumentContext(records, self.context_size)
+        collator = MixtureCollator([c.with_context(context) for c in self.collator.collators])
+        results: list[Any] = [None] * len(sentences)
+        lengths = [len(sentence) for sentence in sentences]
+        for indices in length_sorted_batches(lengths, self.batch_size):
+            batch = collator([(index, records[index]) for index in indices])
+            for index, result in zip(indices, self._label(batch), strict=True):
+                results[index] = result
+        return results
 
     def label_batch(self, sentences: Sequence[TokenizedSentence]) -> list[NerLabels]:
         if not sentences:
             return []
         items = [(index, Sentence(list(s.tokens))) for index, s in enumerate(sentences)]
-        batch = self.collator(items).to(self.device)
+        return self._label(self.collator(items))
+
+    def _label(self, batch: MixtureBatch) -> list[NerLabels]:
+        """``NerLabels`` of each sentence of one collated batch (in its order)."""
+        batch = batch.to(self.device)
         with torch.inference_mode():
             distributions = []
             for tagger, part in zip(self.mixture.taggers, batch.batches, strict=True):
@@ -345,13 +382,13 @@ class FoldNerPredictor(NerPredictor):
             probabilities = torch.stack(
                 [span_probabilities(d, best, spans) for d in distributions]
             ).mean(0)
-        by_sentence: list[list[tuple[int, int, str, float]]] = [[] for _ in sentences]
+        by_sentence: list[list[tuple[int, int, str, float]]] = [[] for _ in range(len(lengths))]
         for (row, start, end, label), probability in zip(
-            spans.tolist(), probabilities.clamp(0.0, 1.0).tolist(), strict=True
+            spans.tolist(), _probabilities(probabilities, "entity").tolist(), strict=True
         ):
             by_sentence[row].append((start, end + 1, self.types[label], probability))
         tag_rows = output_best.tolist()
-        score_rows = tag_scores.clamp(0.0, 1.0).tolist()
+        score_rows = _probabilities(tag_scores, "tag").tolist()
         return [
             NerLabels(
                 tags=tuple(self.tag_names[index] for index in tag_rows[row][:length]),
@@ -360,3 +397,20 @@ class FoldNerPredictor(NerPredictor):
             )
             for row, length in enumerate(lengths.tolist())
         ]
+
+
+ROUNDOFF = 1e-6
+"""How far outside [0, 1] a mixture probability may fall by float roundoff (sums and products of
+float64 marginals) before it is an error."""
+
+
+def _probabilities(values: Tensor, what: str) -> Tensor:
+    """``values`` with float roundoff outside [0, 1] removed; a value further out than
+    ``ROUNDOFF`` (or not finite) is a ``FloatingPointError``, not clamped."""
+    bad = ~torch.isfinite(values) | (values < -ROUNDOFF) | (values > 1 + ROUNDOFF)
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"the fold mixture gave a {what} probability outside [0, 1]: "
+            f"{float(values[bad].flatten()[0])!r}"
+        )
+    return values.clamp(0.0, 1.0)

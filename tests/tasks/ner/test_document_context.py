@@ -215,3 +215,35 @@ def test_column_and_tokenized_input_keep_their_documents(tmp_path) -> None:
     scores = [t.tag_score for d in mixed[1:] for t in d.tokens]
     expected = predictor.label_sentences(items[:2], documents=[0, 0])
     assert scores == pytest.approx([s for r in expected for s in r.tag_scores], abs=1e-6)
+
+
+def test_a_fold_teacher_with_context_reads_documents(tmp_path) -> None:
+    """A fold-teacher directory of context taggers predicts a CoNLL file's sentences with their
+    documents, as one such tagger does (two identical folds: the mixture is that tagger)."""
+    import structkd
+    from structkd.api import read_inputs
+    from structkd.train.checkpoint import file_sha256
+    from structkd.train.folds import FOLDS_FILE, FOLDS_FORMAT
+
+    root = tmp_path / "folds"
+    for name in ("fold-1", "fold-2"):
+        _untrained_model(root / name, "teacher-crf-context")
+    hashes = {f"{n}/model.pt": file_sha256(root / n / "model.pt") for n in ("fold-1", "fold-2")}
+    folds = {"format": FOLDS_FORMAT, "task": "ner", "k": 2, "seed": 0, "folds": [[], []]}
+    (root / FOLDS_FILE).write_text(
+        json.dumps({**folds, "complete": True, "sha256": hashes}), encoding="utf-8"
+    )
+    items = read_inputs(write_documents(tmp_path / "docs.conll", DOCUMENTS), "conll")
+    mixture = structkd.load(root, scheme="bioes")
+    single = structkd.load(root / "fold-1", scheme="bioes")
+    assert type(mixture).__name__ == "FoldNerPredictor"
+    got = [[t.tag_score for t in d.tokens] for d in mixture.predict_documents(items)]
+    want = single.label_sentences(items, documents=[0, 0, 1, 1, 2])
+    alone = single.label_sentences(items)
+    for scores, expected in zip(got, want, strict=True):
+        assert scores == pytest.approx(list(expected.tag_scores), abs=1e-5)
+    assert any(
+        abs(a - b) > 1e-5
+        for scores, other in zip(got, alone, strict=True)
+        for a, b in zip(scores, other.tag_scores, strict=True)
+    )
