@@ -14,10 +14,12 @@ the Hugging Face tokenizer call signature and special-token ids.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -519,6 +521,10 @@ def _bioes_label_ids(tags: Sequence[str], scheme: str, index_of: Mapping[str, in
         ) from None
 
 
+_WORD_CHARS_MEMO = 500_000
+"""Distinct tokens whose character ids a ``TaggingCollator`` keeps (about 100 bytes each)."""
+
+
 class TaggingCollator:
     """Turns ``[(sentence_id, Sentence), ...]`` into a ``TaggingBatch`` (a DataLoader collate_fn).
 
@@ -575,6 +581,7 @@ class TaggingCollator:
         self.tag_scheme = tag_scheme
         self.max_word_chars = max_word_chars
         self._label_index = {name: index for index, name in enumerate(vocab.labels)}
+        self._word_chars: dict[str, tuple[int, ...]] = {}  # token -> its character ids
 
     def __call__(self, items: Sequence[tuple[int, Sentence]]) -> TaggingBatch:
         if len(items) == 0:
@@ -626,15 +633,32 @@ class TaggingCollator:
         )
 
     def _char_ids(self, sentences: Sequence[Sentence], max_len: int) -> Tensor:
-        chars = self.vocab.chars
-        limit = self.max_word_chars
-        encoded = [[chars.encode(token[:limit]) for token in s.tokens] for s in sentences]
-        width = max(len(word) for sentence in encoded for word in sentence)
-        out = torch.zeros((len(sentences), max_len, width), dtype=torch.long)
-        for index, sentence in enumerate(encoded):
-            for position, word in enumerate(sentence):
-                out[index, position, : len(word)] = torch.as_tensor(word, dtype=torch.long)
-        return out
+        """``[B, max_len, C]`` the character ids of each word (its first ``max_word_chars``), 0
+        at padding; ``C`` the longest word of the batch. One scatter: word ``j`` of sentence
+        ``b`` fills flat slots ``((b * max_len + j) * C) + [0, len)``."""
+        encoded = [self._chars_of(token) for s in sentences for token in s.tokens]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        width = int(lengths.max())
+        slots = np.concatenate(
+            [np.arange(len(s), dtype=np.int64) + b * max_len for b, s in enumerate(sentences)]
+        )
+        total = int(lengths.sum())
+        starts = np.cumsum(lengths) - lengths
+        positions = np.repeat(slots * width - starts, lengths) + np.arange(total, dtype=np.int64)
+        out = np.zeros(len(sentences) * max_len * width, dtype=np.int64)
+        out[positions] = np.fromiter(itertools.chain.from_iterable(encoded), np.int64, total)
+        return torch.from_numpy(out.reshape(len(sentences), max_len, width))
+
+    def _chars_of(self, token: str) -> tuple[int, ...]:
+        """The character ids of ``token`` (its first ``max_word_chars``), memoized per token (the
+        vocabulary is fixed; the memo is cleared past ``_WORD_CHARS_MEMO`` distinct tokens)."""
+        found = self._word_chars.get(token)
+        if found is None:
+            if len(self._word_chars) >= _WORD_CHARS_MEMO:
+                self._word_chars.clear()
+            found = tuple(self.vocab.chars.encode(token[: self.max_word_chars]))
+            self._word_chars[token] = found
+        return found
 
     def _label_ids(
         self, sentences: Sequence[Sentence], sentence_ids: list[int], max_len: int

@@ -133,6 +133,34 @@ def test_collator_long_words_keep_their_first_characters() -> None:
     assert vocab.chars.decode(batch.char_ids[0, 2].tolist()) == ["C", "o", "m"]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.text(alphabet="abcXYZ.é", min_size=1, max_size=9), min_size=1, max_size=6),
+        min_size=1,
+        max_size=5,
+    ),
+    st.sampled_from([None, 1, 4]),
+)
+def test_collator_char_ids_are_each_words_characters(sentences_words, limit) -> None:
+    """The scattered ``char_ids`` equal each word's own (cut) character ids, zero-padded, also
+    when a collator is reused (its memo of words)."""
+    vocab = TaggingVocab.build([Sentence(["abc", "XY"], ["O", "O"])], types=[])
+    collator = TaggingCollator(vocab, max_word_chars=limit)
+    sentences = [Sentence(words) for words in sentences_words]
+    for _ in range(2):
+        batch = collator(list(enumerate(sentences)))
+        longest = max(len(w[:limit]) for words in sentences_words for w in words)
+        max_len = max(len(words) for words in sentences_words)
+        assert batch.char_ids.shape == (len(sentences), max_len, longest)
+        expected = torch.zeros_like(batch.char_ids)
+        for row, words in enumerate(sentences_words):
+            for column, word in enumerate(words):
+                ids = vocab.chars.encode(word[:limit])
+                expected[row, column, : len(ids)] = torch.tensor(ids)
+        assert torch.equal(batch.char_ids, expected)
+
+
 def test_collator_pads_cached_features() -> None:
     vocab = make_vocab()
     features = [torch.randn(len(sentence), 5) for sentence in TRAIN]
