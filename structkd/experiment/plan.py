@@ -209,9 +209,9 @@ def plan_experiment(config: ExperimentConfig) -> Plan:
     ``student`` (architectures; an ensemble's teachers joined by ``+``), ``method``,
     ``temperature``, ``temperature_mode`` (``None`` for ``none``), ``labeled_fraction``,
     ``seed``, and each of ``VARIANT_OPTIONS`` (``kd_schedule``, ``teacher_targets``) that a KD
-    student sets to other than its default. A teacher's: the
-    same with ``method = "teacher"``, ``student`` = the teacher's architecture, one set per case
-    that uses it (each teacher of an ensemble has its own rows).
+    student sets to other than its default. A teacher's: the same with ``method = "teacher"``,
+    ``student`` = the teacher's architecture, one set per case that uses it (each teacher of an
+    ensemble has its own rows).
     """
     runs: dict[str, RunSpec] = {}
     rows: dict[str, dict[str, dict[str, Any]]] = {}
