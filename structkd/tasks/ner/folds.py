@@ -321,43 +321,17 @@ class FoldNerPredictor(NerPredictor):
         self.types = tuple(infos[0].types)
         self.tag_names = tuple(label_names(self.types, scheme))
 
-    def label_sentences(
-        self, sentences: Sequence[TokenizedSentence], documents: Sequence[int] | None = None
-    ) -> list[NerLabels]:
-        """``label_batch`` over length-sorted batches; fold taggers with document context read
-        each sentence with the sentences of its document (``documents``: the input document of
-        each sentence; ``None``: each sentence alone)."""
-        if self.context_size == 0 or documents is None or not sentences:
-            return super().label_sentences(sentences)
-        from structkd.data.documents import DocumentContext
-        from structkd.serve.predictor import length_sorted_batches
-
-        if len(documents) != len(sentences):
-            raise ValueError(
-                f"documents must name one document per sentence; got {len(documents)} for "
-                f"{len(sentences)} sentences"
-            )
-        records = [
-            Sentence(list(s.tokens), document=int(d))
-            for s, d in zip(sentences, documents, strict=True)
-        ]
-        context = DocumentContext(records, self.context_size)
-        collator = MixtureCollator([c.with_context(context) for c in self.collator.collators])
-        results: list[Any] = [None] * len(sentences)
-        lengths = [len(sentence) for sentence in sentences]
-        for indices in length_sorted_batches(lengths, self.batch_size):
-            batch = collator([(index, records[index]) for index in indices])
-            for index, result in zip(indices, self._label(batch), strict=True):
-                results[index] = result
-        return results
+    def context_collator(self, context: Any) -> MixtureCollator:
+        """Each fold tagger's collator reading ``context`` (``NerPredictor.label_sentences``)."""
+        return MixtureCollator([c.with_context(context) for c in self.collator.collators])
 
     def label_batch(self, sentences: Sequence[TokenizedSentence]) -> list[NerLabels]:
         if not sentences:
             return []
         items = [(index, Sentence(list(s.tokens))) for index, s in enumerate(sentences)]
-        return self._label(self.collator(items))
+        return self.label_collated(self.collator(items))
 
-    def _label(self, batch: MixtureBatch) -> list[NerLabels]:
+    def label_collated(self, batch: MixtureBatch) -> list[NerLabels]:
         """``NerLabels`` of each sentence of one collated batch (in its order)."""
         batch = batch.to(self.device)
         with torch.inference_mode():

@@ -10,6 +10,7 @@ from typing import Any
 
 from structkd.serve.predictor import Predictor
 from structkd.serve.results import Document, Entity, Sentence
+from structkd.serve.text import TokenizedSentence
 
 __all__ = ["OUTPUT_SCHEMES", "NerLabels", "NerPredictor"]
 
@@ -39,12 +40,55 @@ class NerPredictor(Predictor):
     ``entities``. ``scheme``: the tag scheme of the token tags (``"bioes"`` or ``"iob2"``)."""
 
     task = "ner"
+    context_size = 0
+    """Subwords of document context the model reads on each side of a sentence (0: none; a
+    torch predictor of a tagger with ``transformer_context`` sets it)."""
 
     def __init__(self, model_dir: Any, *, scheme: str = "bioes", **options: Any):
         super().__init__(model_dir, **options)
         if scheme not in OUTPUT_SCHEMES:
             raise ValueError(f"scheme must be one of {', '.join(OUTPUT_SCHEMES)}; got {scheme!r}")
         self.scheme = scheme
+
+    def label_sentences(
+        self, sentences: Sequence[TokenizedSentence], documents: Sequence[int] | None = None
+    ) -> list[NerLabels]:
+        """``label_batch`` over length-sorted batches; a model with document context
+        (``context_size > 0``) reads each sentence with the sentences of its document around it
+        (``documents``: the input document of each sentence; ``None``: each sentence alone),
+        through ``context_collator`` and ``label_collated``."""
+        if self.context_size == 0 or documents is None or not sentences:
+            return super().label_sentences(sentences)
+        from structkd.data.conll import Sentence as Record
+        from structkd.data.documents import DocumentContext
+        from structkd.serve.predictor import length_sorted_batches
+
+        if len(documents) != len(sentences):
+            raise ValueError(
+                f"documents must name one document per sentence; got {len(documents)} for "
+                f"{len(sentences)} sentences"
+            )
+        records = [
+            Record(list(s.tokens), document=int(d))
+            for s, d in zip(sentences, documents, strict=True)
+        ]
+        collator = self.context_collator(DocumentContext(records, self.context_size))
+        results: list[Any] = [None] * len(sentences)
+        lengths = [len(sentence) for sentence in sentences]
+        for indices in length_sorted_batches(lengths, self.batch_size):
+            batch = collator([(index, records[index]) for index in indices])
+            for index, result in zip(indices, self.label_collated(batch), strict=True):
+                results[index] = result
+        return results
+
+    def context_collator(self, context: Any) -> Any:
+        """A collator of ``(sentence_id, Sentence)`` items that reads ``context`` (a
+        ``DocumentContext``); needed where ``context_size > 0``."""
+        raise NotImplementedError(f"{type(self).__name__} reads no document context")
+
+    def label_collated(self, batch: Any) -> list[NerLabels]:
+        """``NerLabels`` of each sentence of one batch of ``context_collator``, in its order."""
+        raise NotImplementedError(f"{type(self).__name__} reads no document context")
 
     def token_fields(self, result: NerLabels) -> dict[str, Sequence[Any]]:
         """The tokens' ``tag`` and ``tag_score``."""

@@ -217,34 +217,9 @@ class TorchNerPredictor(NerPredictor):
                 types=vocab.types,
             )
 
-    def label_sentences(
-        self, sentences: Sequence[TokenizedSentence], documents: Sequence[int] | None = None
-    ) -> list[NerLabels]:
-        """``label_batch`` over length-sorted batches; a tagger with document context
-        (``transformer_context``) reads each sentence with the sentences of its document around
-        it (``documents``: the input text of each sentence; ``None``: each sentence alone)."""
-        if self.context_size == 0 or documents is None or not sentences:
-            return super().label_sentences(sentences)
-        from structkd.data.documents import DocumentContext
-        from structkd.serve.predictor import length_sorted_batches
-
-        if len(documents) != len(sentences):
-            raise ValueError(
-                f"documents must name one document per sentence; got {len(documents)} for "
-                f"{len(sentences)} sentences"
-            )
-        records = [
-            Sentence(list(s.tokens), document=int(d))
-            for s, d in zip(sentences, documents, strict=True)
-        ]
-        collator = self.collator.with_context(DocumentContext(records, self.context_size))
-        results: list[Any] = [None] * len(sentences)
-        lengths = [len(sentence) for sentence in sentences]
-        for indices in length_sorted_batches(lengths, self.batch_size):
-            batch = collator([(index, records[index]) for index in indices])
-            for index, result in zip(indices, self._label_tagging_batch(batch), strict=True):
-                results[index] = result
-        return results
+    def context_collator(self, context: Any) -> Any:
+        """The tagger's collator reading ``context`` (``NerPredictor.label_sentences``)."""
+        return self.collator.with_context(context)
 
     def label_batch(self, sentences: Sequence[TokenizedSentence]) -> list[NerLabels]:
         """``NerLabels`` of each sentence of one batch (one forward pass, batched decoding)."""
@@ -265,9 +240,9 @@ class TorchNerPredictor(NerPredictor):
         else:
             items = [(index, Sentence(list(s.tokens))) for index, s in enumerate(sentences)]
             batch = self.collator(items)
-        return self._label_tagging_batch(batch)
+        return self.label_collated(batch)
 
-    def _label_tagging_batch(self, batch: Any) -> list[NerLabels]:
+    def label_collated(self, batch: Any) -> list[NerLabels]:
         """``NerLabels`` of each sentence of a collated ``TaggingBatch``."""
         import torch
 
