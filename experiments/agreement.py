@@ -13,8 +13,8 @@ belongs to, on the config's dev set (or ``--split test``):
 
 A student that learned the teacher's distribution from KD should sit closer to it on unseen text
 than the no-KD student of the same seed does. Fold teachers (``train --folds``) are skipped.
-Writes one JSON line per (student, case) to ``--out`` and prints the mean ± std over seeds per
-(case, method, variant).
+Writes one JSON line per (student, case) to ``--out`` (with the code's commit) and prints the
+mean ± std over seeds per (case, method, variant).
 
     HF_HUB_OFFLINE=1 .venv/bin/python experiments/agreement.py experiments/ner-folds.toml \\
         --out results/ner-folds-agreement.jsonl
@@ -36,7 +36,7 @@ import torch
 
 from structkd.data.batching import TaggingCollator
 from structkd.data.tag_schemes import convert_tags
-from structkd.experiment import load_config, plan_experiment, read_result_keys
+from structkd.experiment import code_commit, load_config, plan_experiment, read_result_keys
 from structkd.experiment.plan import VARIANT_OPTIONS
 from structkd.tasks.ner.data import load_labeled
 from structkd.tasks.ner.features import make_collator
@@ -130,6 +130,7 @@ def main(argv: list[str]) -> int:
             outputs[run_id] = model_outputs(directory, source, config.cache_dir)
         return outputs[run_id]
 
+    commit = code_commit()
     lines = []
     for run in plan.runs:
         if run.kind != "student" or run.run_id not in finished:
@@ -161,6 +162,7 @@ def main(argv: list[str]) -> int:
                 "run_id": run.run_id,
                 "teacher_run_id": teacher_run.run_id,
                 **found,
+                "commit": commit,
             }
             lines.append(line)
             print(json.dumps(line), file=sys.stderr)
