@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from structkd.structures.base import (
+    NumericalError,
     StructDistribution,
     autograd_marginals,
     check_potential_values,
@@ -38,6 +39,14 @@ _ARC_SHAPE = "[batch, seq_len + 1, seq_len + 1] as [head, dependent] with positi
 # error grows like kappa * 1e-17 (measured: below 1e-9 in log Z and marginals up to 1e7). Sentences
 # above it are recomputed by the exact log-space elimination.
 _MAX_CONDITION = 1e7
+
+# Each matrix-tree marginal is a weight times a difference of two entries of L^-1 (LU path) or a
+# gradient through divisions by pivots (exact path): a probability near 0 comes out as roundoff of
+# either sign (measured: down to -2e-13 at score scale 30 on the LU path, -2e-14 at scale 100 on
+# the exact one). One below 0 by at most this is such roundoff and is set to 0, so that the
+# marginals are probabilities (``x log x`` of them is finite); one further below is numerical
+# trouble: the LU path hands the sentence to the exact elimination, which raises.
+_MARGINAL_ROUNDOFF = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------
@@ -889,8 +898,9 @@ def _matrix_tree_lu(
     pivoting exactly factors a matrix within about ``n g eps ||L||`` of ``L`` (``g`` the growth
     factor, small in practice), while the nearest singular matrix is ``||L|| / kappa >= 1e-7
     ||L||`` away, so the computed determinant has the sign of ``det L = Z exp(-sum shift) > 0``;
-    a sentence without a tree has a singular ``L`` and fails the certificate. Entries of
-    untrusted sentences are meaningless (possibly inf or NaN).
+    a sentence without a tree has a singular ``L`` and fails the certificate. When the marginals
+    are asked for, a sentence with a marginal below ``-_MARGINAL_ROUNDOFF`` fails it too.
+    Entries of untrusted sentences are meaningless (possibly inf or NaN).
     """
     batch, size, _ = log_weights.shape
     words = size - 1
@@ -935,6 +945,7 @@ def _matrix_tree_lu(
         torch.neg(inverse_t[:, :, 0], out=gradient[:, :, 0])
         gradient.select(1, 0).copy_(inverse_diagonal)
     between.mul_(gradient)  # the weights are now the marginals (0 off the allowed arcs)
+    trusted &= weights.amin((1, 2)) >= -_MARGINAL_ROUNDOFF  # (_matrix_tree zeroes roundoff)
     return log_partition, weights.to(marginals_dtype), trusted
 
 
@@ -1007,7 +1018,8 @@ def _matrix_tree(
     ``arc_scores`` ``[batch, n, n]`` untempered, any float dtype (padding, the root column and the
     diagonal are ignored). The float64 LU path where its certificate holds (one host sync to
     decide), the exact log-space elimination (marginals by autograd) for the other sentences.
-    Raises ``ValueError`` when a sentence has no tree.
+    Marginals below 0 by roundoff (``_MARGINAL_ROUNDOFF``) are set to 0. Raises ``ValueError``
+    when a sentence has no tree, ``NumericalError`` for an exact marginal below 0 beyond it.
     """
     positions = torch.arange(arc_scores.shape[-1], device=lengths.device)
     padding = positions > lengths.unsqueeze(-1)  # [batch, n]
@@ -1016,7 +1028,7 @@ def _matrix_tree(
         log_weights, padding, multiroot, marginals_dtype, with_log_partition
     )
     if bool(trusted.all()):  # a trusted determinant is positive: every sentence has a tree
-        return log_partition, marginals
+        return log_partition, None if marginals is None else marginals.clamp_min_(0.0)
     redo = torch.nonzero(~trusted).flatten()
     scores = _word_log_weights(arc_scores[redo], padding[redo], temperature)
     if marginals is None:
@@ -1026,7 +1038,14 @@ def _matrix_tree(
         exact_log_z, (exact_marginals,) = autograd_marginals(
             lambda s: _matrix_tree_log_space(s, lengths[redo], multiroot), [scores]
         )
+        lowest = float(exact_marginals.detach().amin())
+        if not lowest >= -_MARGINAL_ROUNDOFF:  # NaN too
+            raise NumericalError(
+                f"matrix-tree marginal {lowest:.3g} (below 0 beyond roundoff, or NaN) in the "
+                "exact elimination"
+            )
         marginals = marginals.index_copy(0, redo, exact_marginals.to(marginals.dtype))
+        marginals.clamp_min_(0.0)
     exact = torch.zeros_like(trusted, dtype=torch.float64).index_copy_(
         0, redo, exact_log_z.detach()
     )

@@ -724,3 +724,46 @@ def test_kbest_beyond_every_structure_of_a_tiny_batch():
         assert torch.isfinite(tree_scores[:, 1]).sum() == len(all_trees(2, projective, multiroot))
         assert (values[torch.isneginf(tree_scores)] == -1).all()
     assert list(all_head_vectors(2)) == [(-1, 0, 0), (-1, 0, 1), (-1, 2, 0), (-1, 2, 1)]
+
+
+@pytest.mark.parametrize("multiroot", [True, False])
+@pytest.mark.parametrize("scale", [30.0, 100.0])
+def test_matrix_tree_marginals_are_probabilities_at_large_scores(multiroot, scale):
+    """Each matrix-tree marginal is a difference (LU) or a gradient through divisions (exact):
+    near-0 probabilities come out as roundoff of either sign (at these scales both paths gave
+    negatives down to -2e-13 before they were zeroed), and ``x log x`` of a negative one is NaN,
+    which reached a fold teacher's target diagnostics. Every marginal must be >= 0, still equal
+    the exact elimination, and columns still sum to 1."""
+    size = 31
+    lengths = torch.tensor([30, 30, 22, 30])
+    scores = _scores(4, size, scale=scale, seed=40)
+    padding = torch.arange(size) > lengths.unsqueeze(-1)
+    marginals = DependencyCRF(scores, lengths, False, multiroot).marginals
+    assert float(marginals.min()) >= 0.0
+    assert torch.isfinite(torch.special.xlogy(marginals, marginals)).all()
+    _, (exact,) = autograd_marginals(
+        lambda s: _matrix_tree_log_space(s, lengths, multiroot),
+        [_word_log_weights(scores, padding, 1.0)],
+    )
+    torch.testing.assert_close(marginals, exact, rtol=0, atol=1e-9)
+    columns = marginals.sum(1)[:, 1:]
+    real = torch.arange(1, size) <= lengths.unsqueeze(-1)
+    torch.testing.assert_close(columns[real], torch.ones_like(columns[real]), rtol=0, atol=1e-9)
+
+
+def test_matrix_tree_raises_on_a_negative_exact_marginal(monkeypatch):
+    """A marginal of the exact elimination below 0 beyond roundoff is numerical trouble: raised,
+    never zeroed."""
+    import structkd.structures.dependency as dependency
+
+    scores = torch.zeros(1, 3, 3, dtype=torch.float64)
+    scores[0, 1, 2] = scores[0, 2, 1] = 60.0  # a costly cycle: the exact path
+    real = dependency.autograd_marginals
+
+    def broken(function, inputs):
+        log_z, (marginals,) = real(function, inputs)
+        return log_z, (marginals - 1e-3,)
+
+    monkeypatch.setattr(dependency, "autograd_marginals", broken)
+    with pytest.raises(NumericalError, match="below 0 beyond roundoff"):
+        _ = DependencyCRF(scores, torch.tensor([2]), projective=False).marginals

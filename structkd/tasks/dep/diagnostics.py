@@ -27,7 +27,11 @@ from typing import Any
 
 import torch
 
+from structkd.structures.base import NumericalError
+
 __all__ = ["dep_target_diagnostics"]
+
+_ROUNDOFF = 1e-6  # a probability below 0 by at most this is roundoff of one near 0
 
 
 def dep_target_diagnostics(
@@ -40,13 +44,21 @@ def dep_target_diagnostics(
 ) -> dict[str, Any]:
     """The diagnostics of one part: ``items`` ``[(sentence_id, sentence)]``, collated by the
     student's ``collate`` (for the lengths and the gold label ids, ``DepBatch.label_ids``) and
-    read by the part's ``read_targets`` (``DepTargetReader``: ``DepTargets``)."""
+    read by the part's ``read_targets`` (``DepTargetReader``: ``DepTargets``). Raises
+    ``NumericalError`` for a target probability below 0 beyond roundoff, or NaN."""
     sums = {"entropy": 0.0, "max": 0.0, "gold": 0.0, "errors": 0.0}
     counts = {"words": 0, "without": 0, "scored": 0, "unencodable": 0}
     for start in range(0, len(items), batch_size):
         batch = collate(list(items[start : start + batch_size]))
         targets = read_targets(batch.sentence_ids, batch.lengths)
         table = targets.probs.double()  # [B, N, L]
+        lowest = float(table.amin()) if table.numel() else 0.0
+        if not lowest >= -_ROUNDOFF:  # NaN too
+            raise NumericalError(
+                f"a cached teacher label probability is {lowest:.3g}: not a probability"
+            )
+        # Roundoff below 0 (matrix-tree marginals in a cache written before structkd zeroed it): 0.
+        table = table.clamp_min(0.0)
         width = table.shape[1]
         real = torch.arange(width)[None, :] < batch.lengths[:, None]
         has = targets.has_target.bool() & real

@@ -17,6 +17,7 @@ from structkd.api import DistillOptions, TrainOptions, distill, train
 from structkd.data.conllu_io import read_conllu
 from structkd.data.dep_batching import DepCollator, DepVocab
 from structkd.data.dep_encodings import DepLabelScheme
+from structkd.structures.base import NumericalError
 from structkd.tasks import get_task
 from structkd.tasks.dep.diagnostics import dep_target_diagnostics
 from structkd.tasks.dep.model import load_dep_model, scheme_of
@@ -234,3 +235,36 @@ def test_words_the_scheme_cannot_encode_are_excluded_and_counted(data) -> None:
     )
     assert unencodable > 0 and found["n_unencodable"] == unencodable
     assert found["n_scored"] == found["n_words"] - unencodable
+
+
+def test_roundoff_below_zero_counts_as_zero_and_more_raises(data) -> None:
+    """Matrix-tree marginals cached before the parser zeroed their roundoff hold probabilities
+    like -1e-25; ``x log x`` of them made the entropy NaN. Such roundoff counts as 0 (the means
+    equal those of the table with 0 there); a probability below 0 beyond roundoff raises."""
+    sentences = read_conllu(data / "train.conllu")[:6]
+    scheme = DepLabelScheme.from_sentences(sentences, encoding="offset")
+    collate = DepCollator(DepVocab.build(sentences), scheme, label_heads=False)
+    generator = torch.Generator().manual_seed(1)
+    tables = []
+    for s in sentences:
+        table = torch.softmax(torch.randn(len(s), scheme.n_labels, generator=generator) * 2, -1)
+        table[:, -1] = 0.0
+        tables.append(table)
+
+    def reader(low: float):
+        def read(ids, lengths):
+            probs = torch.zeros(len(ids), int(lengths.max()), scheme.n_labels)
+            for row, (index, n) in enumerate(zip(ids.tolist(), lengths.tolist(), strict=True)):
+                probs[row, :n] = tables[index]
+                probs[row, :n, -1] = low
+            return DepTargets(probs, probs.sum(-1) > 0)
+
+        return read
+
+    items = list(enumerate(sentences))
+    clean = dep_target_diagnostics(items, collate, reader(0.0), labeled=True)
+    rounded = dep_target_diagnostics(items, collate, reader(-1e-25), labeled=True)
+    assert math.isfinite(rounded["mean_entropy"])
+    check_close(rounded, clean)
+    with pytest.raises(NumericalError, match="not a probability"):
+        dep_target_diagnostics(items, collate, reader(-1e-3), labeled=True)
