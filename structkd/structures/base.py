@@ -30,8 +30,35 @@ from torch import Tensor
 T = TypeVar("T")
 
 
-class NumericalError(ArithmeticError):
-    """Numerical trouble in inference or a loss (NaN, a negative cross-entropy); never clamped."""
+class NumericalError(FloatingPointError):
+    """Numerical trouble in inference or a loss (NaN, a negative cross-entropy); never clamped
+    (beyond the float roundoff of :func:`probabilities_within_roundoff`)."""
+
+
+PROBABILITY_ROUNDOFF = 1e-6
+"""How far a computed probability may fall outside [0, 1] by float roundoff (differences of
+entries of an inverse, sums and products of marginals) and still be read as the bound."""
+
+
+def probabilities_within_roundoff(values: Tensor, what: str, *, at_most_one: bool = True) -> Tensor:
+    """``values`` (probabilities, any shape) with float roundoff outside [0, 1] moved onto the
+    bound: a value below 0 by at most ``PROBABILITY_ROUNDOFF`` becomes 0, one above 1 by at most
+    that becomes 1 (``at_most_one=False``: only the lower bound is checked and applied).
+
+    Raises:
+        NumericalError: naming ``what``, for a value further out, or NaN.
+    """
+    detached = values.detach()
+    bad = ~(detached >= -PROBABILITY_ROUNDOFF)  # NaN too
+    if at_most_one:
+        bad |= ~(detached <= 1 + PROBABILITY_ROUNDOFF)
+    if bool(bad.any()):
+        where = "outside [0, 1]" if at_most_one else "below 0"
+        raise NumericalError(
+            f"{what} is {float(detached[bad].flatten()[0]):.3g}: {where} beyond roundoff "
+            "(or NaN), not a probability"
+        )
+    return values.clamp(0.0, 1.0) if at_most_one else values.clamp_min(0.0)
 
 
 def lazy_property(method: Callable[[Any], T]) -> T:

@@ -22,12 +22,13 @@ import torch
 from torch import Tensor
 
 from structkd.structures.base import (
-    NumericalError,
+    PROBABILITY_ROUNDOFF,
     StructDistribution,
     autograd_marginals,
     check_potential_values,
     check_potentials,
     lazy_property,
+    probabilities_within_roundoff,
     upcast,
 )
 
@@ -43,10 +44,9 @@ _MAX_CONDITION = 1e7
 # Each matrix-tree marginal is a weight times a difference of two entries of L^-1 (LU path) or a
 # gradient through divisions by pivots (exact path): a probability near 0 comes out as roundoff of
 # either sign (measured: down to -2e-13 at score scale 30 on the LU path, -2e-14 at scale 100 on
-# the exact one). One below 0 by at most this is such roundoff and is set to 0, so that the
-# marginals are probabilities (``x log x`` of them is finite); one further below is numerical
-# trouble: the LU path hands the sentence to the exact elimination, which raises.
-_MARGINAL_ROUNDOFF = 1e-6
+# the exact one). One below 0 by at most ``PROBABILITY_ROUNDOFF`` is such roundoff and is set to
+# 0, so that the marginals are probabilities (``x log x`` of them is finite); one further below is
+# numerical trouble: the LU path hands the sentence to the exact elimination, which raises.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -899,8 +899,9 @@ def _matrix_tree_lu(
     factor, small in practice), while the nearest singular matrix is ``||L|| / kappa >= 1e-7
     ||L||`` away, so the computed determinant has the sign of ``det L = Z exp(-sum shift) > 0``;
     a sentence without a tree has a singular ``L`` and fails the certificate. When the marginals
-    are asked for, a sentence with a marginal below ``-_MARGINAL_ROUNDOFF`` fails it too.
-    Entries of untrusted sentences are meaningless (possibly inf or NaN).
+    are asked for, a sentence with a marginal below ``-PROBABILITY_ROUNDOFF`` fails it too, and
+    the trusted sentences' roundoff below 0 is set to 0. Entries of untrusted sentences are
+    meaningless (possibly inf or NaN).
     """
     batch, size, _ = log_weights.shape
     words = size - 1
@@ -945,7 +946,8 @@ def _matrix_tree_lu(
         torch.neg(inverse_t[:, :, 0], out=gradient[:, :, 0])
         gradient.select(1, 0).copy_(inverse_diagonal)
     between.mul_(gradient)  # the weights are now the marginals (0 off the allowed arcs)
-    trusted &= weights.amin((1, 2)) >= -_MARGINAL_ROUNDOFF  # (_matrix_tree zeroes roundoff)
+    trusted &= weights.amin((1, 2)) >= -PROBABILITY_ROUNDOFF
+    weights.clamp_min_(0.0)  # roundoff below 0 (NaN stays NaN in untrusted sentences)
     return log_partition, weights.to(marginals_dtype), trusted
 
 
@@ -1018,7 +1020,7 @@ def _matrix_tree(
     ``arc_scores`` ``[batch, n, n]`` untempered, any float dtype (padding, the root column and the
     diagonal are ignored). The float64 LU path where its certificate holds (one host sync to
     decide), the exact log-space elimination (marginals by autograd) for the other sentences.
-    Marginals below 0 by roundoff (``_MARGINAL_ROUNDOFF``) are set to 0. Raises ``ValueError``
+    Marginals below 0 by roundoff (``PROBABILITY_ROUNDOFF``) are set to 0. Raises ``ValueError``
     when a sentence has no tree, ``NumericalError`` for an exact marginal below 0 beyond it.
     """
     positions = torch.arange(arc_scores.shape[-1], device=lengths.device)
@@ -1028,7 +1030,7 @@ def _matrix_tree(
         log_weights, padding, multiroot, marginals_dtype, with_log_partition
     )
     if bool(trusted.all()):  # a trusted determinant is positive: every sentence has a tree
-        return log_partition, None if marginals is None else marginals.clamp_min_(0.0)
+        return log_partition, marginals
     redo = torch.nonzero(~trusted).flatten()
     scores = _word_log_weights(arc_scores[redo], padding[redo], temperature)
     if marginals is None:
@@ -1038,14 +1040,10 @@ def _matrix_tree(
         exact_log_z, (exact_marginals,) = autograd_marginals(
             lambda s: _matrix_tree_log_space(s, lengths[redo], multiroot), [scores]
         )
-        lowest = float(exact_marginals.detach().amin())
-        if not lowest >= -_MARGINAL_ROUNDOFF:  # NaN too
-            raise NumericalError(
-                f"matrix-tree marginal {lowest:.3g} (below 0 beyond roundoff, or NaN) in the "
-                "exact elimination"
-            )
+        exact_marginals = probabilities_within_roundoff(
+            exact_marginals, "a matrix-tree marginal of the exact elimination", at_most_one=False
+        )
         marginals = marginals.index_copy(0, redo, exact_marginals.to(marginals.dtype))
-        marginals.clamp_min_(0.0)
     exact = torch.zeros_like(trusted, dtype=torch.float64).index_copy_(
         0, redo, exact_log_z.detach()
     )

@@ -312,3 +312,22 @@ def test_nan_inside_a_sentence_still_raises(kind):
             Dependency2oCRF(scores, dist.sibling_scores, LENGTHS)
         else:
             DependencyCRF(scores, LENGTHS, projective=kind == "projective")
+
+
+def test_probabilities_within_roundoff_snaps_roundoff_and_raises_beyond() -> None:
+    """Roundoff of at most ``PROBABILITY_ROUNDOFF`` outside [0, 1] goes onto the bound; a value
+    further out, or NaN, raises ``NumericalError`` (a ``FloatingPointError``), naming it."""
+    from structkd.structures.base import PROBABILITY_ROUNDOFF, probabilities_within_roundoff
+
+    tiny = PROBABILITY_ROUNDOFF / 2
+    values = torch.tensor([-tiny, 0.25, 1 + tiny], dtype=torch.float64)
+    assert probabilities_within_roundoff(values, "p").tolist() == [0.0, 0.25, 1.0]
+    lower_only = probabilities_within_roundoff(values, "p", at_most_one=False)
+    assert lower_only.tolist() == [0.0, 0.25, 1 + tiny]
+    assert probabilities_within_roundoff(torch.zeros(0), "p").numel() == 0
+    for bad in (-2 * PROBABILITY_ROUNDOFF, float("nan")):
+        with pytest.raises(NumericalError, match=r"the mass .* below 0 beyond roundoff"):
+            probabilities_within_roundoff(torch.tensor([0.5, bad]), "the mass", at_most_one=False)
+    with pytest.raises(FloatingPointError, match=r"outside \[0, 1\] beyond roundoff"):
+        probabilities_within_roundoff(torch.tensor([1 + 2 * PROBABILITY_ROUNDOFF]), "p")
+    assert probabilities_within_roundoff(torch.tensor([2.0]), "p", at_most_one=False).item() == 2.0

@@ -27,11 +27,9 @@ from typing import Any
 
 import torch
 
-from structkd.structures.base import NumericalError
+from structkd.structures.base import probabilities_within_roundoff
 
 __all__ = ["dep_target_diagnostics"]
-
-_ROUNDOFF = 1e-6  # a probability below 0 by at most this is roundoff of one near 0
 
 
 def dep_target_diagnostics(
@@ -51,14 +49,11 @@ def dep_target_diagnostics(
     for start in range(0, len(items), batch_size):
         batch = collate(list(items[start : start + batch_size]))
         targets = read_targets(batch.sentence_ids, batch.lengths)
-        table = targets.probs.double()  # [B, N, L]
-        lowest = float(table.amin()) if table.numel() else 0.0
-        if not lowest >= -_ROUNDOFF:  # NaN too
-            raise NumericalError(
-                f"a cached teacher label probability is {lowest:.3g}: not a probability"
-            )
-        # Roundoff below 0 (matrix-tree marginals in a cache written before structkd zeroed it): 0.
-        table = table.clamp_min(0.0)
+        # [B, N, L]; roundoff below 0 (matrix-tree marginals in a cache written before structkd
+        # zeroed it) counts as 0
+        table = probabilities_within_roundoff(
+            targets.probs.double(), "a cached teacher label probability", at_most_one=False
+        )
         width = table.shape[1]
         real = torch.arange(width)[None, :] < batch.lengths[:, None]
         has = targets.has_target.bool() & real

@@ -36,6 +36,7 @@ from structkd.data.tag_schemes import label_names
 from structkd.distill.bridges import ChainTargets, mix_targets, project_teacher
 from structkd.models.tagger import Tagger
 from structkd.serve.text import TokenizedSentence
+from structkd.structures.base import probabilities_within_roundoff
 from structkd.tasks.ner.data import DataSource, load_labeled
 from structkd.tasks.ner.evaluation import evaluate_tagger
 from structkd.tasks.ner.features import make_collator
@@ -358,11 +359,17 @@ class FoldNerPredictor(NerPredictor):
             ).mean(0)
         by_sentence: list[list[tuple[int, int, str, float]]] = [[] for _ in range(len(lengths))]
         for (row, start, end, label), probability in zip(
-            spans.tolist(), _probabilities(probabilities, "entity").tolist(), strict=True
+            spans.tolist(),
+            probabilities_within_roundoff(
+                probabilities, "a fold mixture's entity probability"
+            ).tolist(),
+            strict=True,
         ):
             by_sentence[row].append((start, end + 1, self.types[label], probability))
         tag_rows = output_best.tolist()
-        score_rows = _probabilities(tag_scores, "tag").tolist()
+        score_rows = probabilities_within_roundoff(
+            tag_scores, "a fold mixture's tag probability"
+        ).tolist()
         return [
             NerLabels(
                 tags=tuple(self.tag_names[index] for index in tag_rows[row][:length]),
@@ -371,20 +378,3 @@ class FoldNerPredictor(NerPredictor):
             )
             for row, length in enumerate(lengths.tolist())
         ]
-
-
-ROUNDOFF = 1e-6
-"""How far outside [0, 1] a mixture probability may fall by float roundoff (sums and products of
-float64 marginals) before it is an error."""
-
-
-def _probabilities(values: Tensor, what: str) -> Tensor:
-    """``values`` with float roundoff outside [0, 1] removed; a value further out than
-    ``ROUNDOFF`` (or not finite) is a ``FloatingPointError``, not clamped."""
-    bad = ~torch.isfinite(values) | (values < -ROUNDOFF) | (values > 1 + ROUNDOFF)
-    if bool(bad.any()):
-        raise FloatingPointError(
-            f"the fold mixture gave a {what} probability outside [0, 1]: "
-            f"{float(values[bad].flatten()[0])!r}"
-        )
-    return values.clamp(0.0, 1.0)
